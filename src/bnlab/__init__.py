@@ -1,0 +1,25 @@
+"""bnlab: Batch Normalization (Ioffe & Szegedy, 2015) from scratch on PyTorch.
+
+The library: drop-in ``BatchNorm1d/2d/3d`` layers (Algorithm 1 for training,
+Algorithm 2 for inference, the closed-form backward of Section 3), their variants,
+model-surgery tools and fast CPU kernels. The lab (``bnlab`` command,
+``bnlab.lab``) is imported only on demand.
+"""
+from . import functional
+from .kernels import available_backends, get_backend, set_backend
+from .nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .surgery import convert_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "functional",
+    "convert_model",
+    "set_backend",
+    "get_backend",
+    "available_backends",
+    "__version__",
+]
