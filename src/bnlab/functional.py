@@ -11,9 +11,13 @@ from __future__ import annotations
 import torch
 
 from ._autograd import BatchNormEval, BatchNormTrain
-from ._stats import count_per_channel, unbiased_from_biased
+from ._stats import channel_mean_var, count_per_channel, stats_dtype, unbiased_from_biased
 
-__all__ = ["batch_norm", "check_input", "update_running_stats", "batch_norm_train", "batch_norm_eval"]
+__all__ = [
+    "batch_norm", "check_input", "update_running_stats", "batch_norm_train", "batch_norm_eval",
+    "batch_renorm", "renorm_correction", "batch_renorm_train", "update_running_renorm_stats",
+    "ghost_batch_norm", "ghost_sizes", "ghost_batch_norm_train",
+]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -45,8 +49,8 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
             raise TypeError(f"batch_norm: {name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.numel() != c:
             raise ValueError(
-                f"batch_norm: {name} should contain {c} elements not {t.numel()} "
-                f"(the input has {c} channels at dim 1; is num_features right?)"
+                f"batch_norm: {name} should contain {c} elements not {t.numel()}: the input has "
+                f"{c} channels (dim 1) but {name} has {t.numel()} (check num_features)"
             )
         if t.device != input.device:
             raise RuntimeError(
@@ -136,3 +140,187 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         update_running_stats(running_mean, running_var, mean, var, count_per_channel(input), momentum)
         return y
     return batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+
+
+
+# ---------------------------------------------------------------------------------------
+# Batch Renormalization (Ioffe, 2017)
+# ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def renorm_correction(mean_b, var_b, running_mean, running_var, eps, r_max, d_max):
+    """Batch Renorm's per-channel corrections ``(r, d)``, constants for autograd.
+
+    With σ_B = sqrt(σ²_B + ε) and the running σ = sqrt(running_var + ε) (Ioffe 2017, Alg. 1):
+
+        r = clip(σ_B / σ, 1/r_max, r_max),   d = clip((μ_B − μ) / σ, −d_max, d_max).
+
+    Computed in float64 under ``no_grad`` (the paper's stop_gradient). Returns two
+    float64 ``(C,)`` tensors.
+    """
+    f64 = torch.float64
+    sigma_b = torch.sqrt(var_b.to(f64) + eps)                        # σ_B  (C,)
+    sigma = torch.sqrt(running_var.detach().to(f64) + eps)           # σ    (C,)
+    r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
+    d = ((mean_b.to(f64) - running_mean.detach().to(f64)) / sigma).clamp(-d_max, d_max)
+    return r, d
+
+
+def batch_renorm_train(input, weight, bias, eps, running_mean, running_var, r_max, d_max):
+    """Batch Renorm's training transform on a checked input: returns ``(y, μ_B, σ²_B)``.
+
+    y = γ·(r·(x − μ_B)/σ_B + d) + β, which is Batch Normalization with the effective
+    affine parameters γ' = γ·r and β' = γ·d + β. Since r and d are constants, the
+    gradient is exactly Alg. 1's closed form with γ' (and, through autograd,
+    dγ = Σ dy·(r·x̂ + d), dβ = Σ dy). Without running statistics, or with
+    ``r_max == 1`` and ``d_max == 0``, this *is* Batch Normalization (r = 1, d = 0).
+    """
+    if running_mean is None or (r_max == 1.0 and d_max == 0.0):
+        return batch_norm_train(input, weight, bias, eps)
+    # μ_B, σ²_B (float64, biased) to form the corrections before normalizing
+    mean_b, var_b = channel_mean_var(input.detach())                 # (C,), (C,)
+    r, d = renorm_correction(mean_b, var_b, running_mean, running_var, eps, r_max, d_max)
+    pdt = weight.dtype if weight is not None else stats_dtype(input.dtype)
+    if input.dtype in _HALF and weight is None:
+        pdt = torch.float32
+    r, d = r.to(pdt), d.to(pdt)
+    # γ' = γ·r,  β' = γ·d + β    (C,)
+    w_eff = r if weight is None else weight * r
+    b_eff = d if weight is None else weight * d
+    if bias is not None:
+        b_eff = b_eff + bias
+    return batch_norm_train(input, w_eff, b_eff, eps)
+
+
+@torch.no_grad()
+def update_running_renorm_stats(running_mean, running_var, mean, var, eps, momentum):
+    """Batch Renorm's moving averages of μ and σ (Ioffe 2017, Alg. 1):
+
+        μ ← μ + α·(μ_B − μ),   σ ← σ + α·(σ_B − σ),   σ_B = sqrt(σ²_B + ε)
+
+    with α = ``momentum``. σ is stored in Batch Normalization's parametrization,
+    ``running_var = σ² − ε`` (so that sqrt(running_var + ε) = σ): buffers, state_dict
+    and the inference transform stay those of ``BatchNorm``. In place, outside autograd.
+    """
+    if running_mean is None:
+        return
+    f64 = torch.float64
+    sigma = torch.sqrt(running_var.to(f64) + eps)                    # σ    (C,)
+    sigma_b = torch.sqrt(var.to(f64) + eps)                          # σ_B  (C,)
+    sigma = sigma + momentum * (sigma_b - sigma)
+    running_mean.add_(mean.to(f64).sub(running_mean.to(f64)).mul(momentum).to(running_mean.dtype))
+    running_var.copy_((sigma * sigma - eps).clamp_min(0.0))
+
+
+def batch_renorm(input, running_mean, running_var, weight=None, bias=None, training=False,
+                 momentum=0.1, eps=1e-5, r_max=3.0, d_max=5.0):
+    r"""Batch Renormalization (Ioffe, 2017) over the channel dimension (dim 1).
+
+    Training, with the mini-batch mean μ_B, σ_B = sqrt(σ²_B + ε) (biased σ²_B) and the
+    running μ, σ = sqrt(running_var + ε):
+
+    .. math::
+        r = \mathrm{clip}_{[1/r_{max},\,r_{max}]}\!\left(\frac{\sigma_B}{\sigma}\right),\quad
+        d = \mathrm{clip}_{[-d_{max},\,d_{max}]}\!\left(\frac{\mu_B - \mu}{\sigma}\right),\quad
+        y = \gamma\left(\frac{x - \mu_B}{\sigma_B}\, r + d\right) + \beta
+
+    r and d are constants in the backward pass (stop-gradient), then μ and σ move
+    towards μ_B and σ_B by ``momentum`` (see :func:`update_running_renorm_stats`).
+    Evaluation: y = γ·(x − μ)/σ + β, exactly Batch Normalization's Alg. 2.
+    With ``r_max=1, d_max=0`` this is :func:`batch_norm` except for the running σ update.
+
+    Args:
+        input: ``(N, C, *)`` floating point.
+        running_mean, running_var: ``(C,)`` buffers (σ² − ε convention for the variance).
+        weight, bias: γ, β or ``None``.
+        training: batch statistics with corrections, and update the running ones.
+        momentum: α, weight of the new batch (PyTorch convention).
+        eps: ε.
+        r_max, d_max: the clipping limits (a schedule is kept by the modules,
+            :class:`bnlab.BatchRenorm2d`).
+
+    Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017.
+    """
+    check_input(input, running_mean, running_var, weight, bias, training)
+    if not r_max >= 1.0 or not d_max >= 0.0:
+        raise ValueError(f"batch_renorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
+    if not training:
+        return batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    y, mean, var = batch_renorm_train(input, weight, bias, eps, running_mean, running_var, r_max, d_max)
+    if count_per_channel(input) > 0:
+        update_running_renorm_stats(running_mean, running_var, mean, var, eps, momentum)
+    return y
+
+
+# ---------------------------------------------------------------------------------------
+# Ghost Batch Normalization (Hoffer, Hubara & Soudry, 2017)
+# ---------------------------------------------------------------------------------------
+
+def ghost_sizes(input, virtual_batch_size):
+    """Sizes (along dim 0) of the ghost batches of ``input``.
+
+    Consecutive slices of ``virtual_batch_size`` samples; the last one holds the
+    remainder. A remainder with a single value per channel (one sample, no spatial
+    positions) cannot be normalized on its own and is merged into the previous
+    ghost batch. ``virtual_batch_size >= N`` gives one ghost batch: plain BN.
+    """
+    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+        raise ValueError(f"virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+    n = input.shape[0]
+    if n <= virtual_batch_size:
+        return [n]
+    sizes = [virtual_batch_size] * (n // virtual_batch_size)
+    rest = n - sum(sizes)
+    if rest:
+        per_sample = count_per_channel(input) // n                  # spatial positions per sample
+        if rest * per_sample == 1:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return sizes
+
+
+def ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size):
+    """Alg. 1 applied to each ghost batch: returns ``(y, [(μ_k, σ²_k, m_k), ...])``.
+
+    The statistics of ghost batch k (biased variance, ``m_k`` values per channel)
+    come back in order, detached, for the running-statistics update.
+    """
+    sizes = ghost_sizes(input, virtual_batch_size)
+    if len(sizes) == 1:
+        y, mean, var = batch_norm_train(input, weight, bias, eps)
+        return y, [(mean, var, count_per_channel(input))]
+    ys, stats = [], []
+    for chunk in torch.split(input, sizes, dim=0):                  # (n_k, C, *)
+        y_k, mean_k, var_k = batch_norm_train(chunk, weight, bias, eps)
+        ys.append(y_k)
+        stats.append((mean_k, var_k, count_per_channel(chunk)))
+    return torch.cat(ys, dim=0), stats
+
+
+def ghost_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+                     momentum=0.1, eps=1e-5, virtual_batch_size=32):
+    r"""Ghost Batch Normalization (Hoffer, Hubara & Soudry, 2017).
+
+    Training: the batch is cut along dim 0 into ghost batches of
+    ``virtual_batch_size`` samples (:func:`ghost_sizes`) and each is normalized with
+    its own statistics (Alg. 1):
+
+    .. math:: y_k = \gamma \frac{x_k - \mu_{B_k}}{\sqrt{\sigma^2_{B_k} + \epsilon}} + \beta
+
+    The running statistics are updated once per ghost batch, in order (ghost batch
+    0 first), each time with ``momentum`` and its own unbiased variance
+    ``m_k/(m_k − 1)·σ²_{B_k}``. A ghost size ``>= N`` is exactly :func:`batch_norm`.
+    Evaluation: the population statistics, as Batch Normalization.
+
+    Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the
+    generalization gap in large batch training of neural networks", NeurIPS 2017.
+    """
+    check_input(input, running_mean, running_var, weight, bias, training)
+    if not training:
+        return batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    y, stats = ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size)
+    for mean, var, m in stats:
+        update_running_stats(running_mean, running_var, mean, var, m, momentum)
+    return y

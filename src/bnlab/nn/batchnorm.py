@@ -135,13 +135,26 @@ class _BatchNorm(_NormBase):
     warns once. For finite input the behaviour is exactly PyTorch's.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
         self.use_batch_stats: bool | None = None
         self.update_running_stats: bool | None = None
         self.nonfinite_guard: bool = True
         self.skipped_batches: int = 0
         self._warned_nonfinite = False
-        super().__init__(*args, **kwargs)
 
     def __setstate__(self, state):
         # modules pickled by older versions lack the policy attributes
@@ -198,6 +211,10 @@ class _BatchNorm(_NormBase):
             factor = 1.0 / float(self.num_batches_tracked)           # cumulative moving average
         else:
             factor = self.momentum                                   # exponential moving average
+        self._update_buffers(mean, var, m, factor)
+
+    def _update_buffers(self, mean: Tensor, var: Tensor, m: int, factor: float) -> None:
+        """The moving-average step itself (variants such as Batch Renorm override it)."""
         F.update_running_stats(self.running_mean, self.running_var, mean, var, m, factor)
 
 
