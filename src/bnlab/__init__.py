@@ -8,7 +8,12 @@ model-surgery tools and fast CPU kernels. The lab (``bnlab`` command,
 from . import functional
 from .kernels import available_backends, get_backend, set_backend
 from .nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from .surgery import convert_model
+from .nn import SyncBatchNorm, convert_sync_batchnorm
+from .nn import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
+from .nn import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from .nn import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, freeze_batchnorm
+from .nn import get_norm_layer
+from .surgery import FoldReport, convert_model, fold_batchnorm, recalibrate
 
 __version__ = "0.1.0"
 
@@ -16,6 +21,23 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "RenormSchedule",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "FrozenBatchNorm3d",
+    "freeze_batchnorm",
+    "get_norm_layer",
+    "fold_batchnorm",
+    "FoldReport",
+    "recalibrate",
     "functional",
     "convert_model",
     "set_backend",

@@ -1,4 +1,4 @@
-"""The autograd Functions of Batch Normalization.
+"""The differentiable Batch Normalization primitives.
 
 ``BatchNormTrain`` is the paper's Algorithm 1 (normalize with the mini-batch
 statistics) with the closed-form backward of Section 3; ``BatchNormEval`` is the
@@ -9,13 +9,19 @@ Both save only what their backward needs: the input and two ``(C,)`` vectors
 asks for a graph of the backward (``create_graph=True``, double backward), the
 gradient is recomputed from the saved input with differentiable tensor ops that
 implement the same closed form, so gradgradcheck holds.
+
+The forwards and first-order backwards are the ``torch.library`` custom operators
+of :mod:`bnlab.kernels.ops` with their autograd registered here, so
+``torch.compile`` sees one node per BN layer (no graph break) and ``torch.export``
+traces a bnlab model; at run time each operator runs the backend that
+:func:`bnlab.kernels.select` picks.
 """
 from __future__ import annotations
 
 import torch
 
-from . import kernels
-from ._stats import broadcast_shape, compute_dtype, count_per_channel, reduce_dims
+from ._stats import broadcast_shape, compute_dtype, count_per_channel, reduce_dims, stats_dtype
+from .kernels import ops
 
 __all__ = ["BatchNormTrain", "BatchNormEval"]
 
@@ -28,69 +34,90 @@ def _dtype(t):
     return None if t is None else t.dtype
 
 
-class BatchNormTrain(torch.autograd.Function):
+class BatchNormTrain:
     """y = γ·(x − μ_B)/sqrt(σ²_B + ε) + β with batch statistics (Alg. 1).
 
-    ``forward(x, weight, bias, eps) -> (y, mean, var)``; ``mean`` and the biased
+    ``apply(x, weight, bias, eps) -> (y, mean, var)``; ``mean`` and the biased
     ``var`` are returned (non-differentiable) for the running-statistics update.
+    The forward is the custom operator ``bnlab::batch_norm_train`` (one opaque node
+    for ``torch.compile``/``torch.export``); its gradient, Section 3's closed form,
+    is registered below. Saved for backward: x, γ, μ_B and σ²_B.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        kern = kernels.select(x)
-        y, mean, var = kern.forward_train(x, weight, bias, eps)
-        invstd = torch.rsqrt(var + eps)                              # σ⁻¹ = 1/sqrt(σ²_B + ε)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps = eps
-        ctx.param_dtypes = (_dtype(weight), _dtype(bias))
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_mean, _grad_var):
-        x, weight, mean, invstd = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        if not any(needs):
-            return None, None, None, None
-        if torch.is_grad_enabled():
-            # double backward requested: a differentiable rendering of the same formulas
-            dx, dw, db = _train_backward_composite(grad_out, x, weight, ctx.eps, needs)
-        else:
-            kern = kernels.select(x)
-            dx, dw, db = kern.backward(grad_out, x, weight, mean, invstd, needs)
-        wd, bd = ctx.param_dtypes
-        return dx, _cast_grad(dw, wd), _cast_grad(db, bd), None
+    def apply(x, weight, bias, eps):
+        return ops.batch_norm_train(x, weight, bias, float(eps))
 
 
-class BatchNormEval(torch.autograd.Function):
+class BatchNormEval:
     """y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with fixed statistics (Alg. 2, step 11).
 
-    ``forward(x, mean, var, weight, bias, eps) -> y``. ``mean``/``var`` are
-    constants: no gradient flows to them.
+    ``apply(x, mean, var, weight, bias, eps) -> y`` through the custom operator
+    ``bnlab::batch_norm_eval``. ``mean``/``var`` are constants: no gradient flows
+    to them. Saved for backward: x, γ, mean and σ⁻¹.
     """
 
     @staticmethod
-    def forward(ctx, x, mean, var, weight, bias, eps):
-        kern = kernels.select(x)
-        y = kern.forward_eval(x, mean, var, weight, bias, eps)
-        invstd = torch.rsqrt(var.to(torch.float64 if x.dtype == torch.float64 else torch.float32) + eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.param_dtypes = (_dtype(weight), _dtype(bias))
-        return y
+    def apply(x, mean, var, weight, bias, eps):
+        return ops.batch_norm_eval(x, mean, var, weight, bias, float(eps))
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight, mean, invstd = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
-        if not any(needs):
-            return (None,) * 6
-        if torch.is_grad_enabled():
-            dx, dw, db = _eval_backward_composite(grad_out, x, weight, mean, invstd, needs)
-        else:
-            kern = kernels.select(x)
-            dx, dw, db = kern.backward_eval(grad_out, x, weight, mean, invstd, needs)
-        wd, bd = ctx.param_dtypes
-        return dx, None, None, _cast_grad(dw, wd), _cast_grad(db, bd), None
+
+def _none_if_unneeded(g, need):
+    return g if need else None
+
+
+# ----------------------------------------------------------------------------- Alg. 1 gradient
+def _train_setup(ctx, inputs, output):
+    x, weight, bias, eps = inputs
+    _y, mean, var = output
+    ctx.save_for_backward(x, weight, mean, var)
+    ctx.eps = eps
+    ctx.param_dtypes = (_dtype(weight), _dtype(bias))
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _train_backward(ctx, grad_out, _grad_mean, _grad_var):
+    x, weight, mean, var = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and weight is not None, ctx.needs_input_grad[2])
+    if not any(needs):
+        return None, None, None, None
+    if torch.is_grad_enabled():
+        # double backward requested: a differentiable rendering of the same formulas
+        dx, dw, db = _train_backward_composite(grad_out, x, weight, ctx.eps, needs)
+    else:
+        invstd = torch.rsqrt(var + ctx.eps)                          # σ⁻¹ = 1/sqrt(σ²_B + ε)  (C,)
+        dx, dw, db = ops.batch_norm_backward(grad_out, x, weight, mean, invstd, *needs)
+        dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
+    wd, bd = ctx.param_dtypes
+    return dx, _cast_grad(dw, wd), _cast_grad(db, bd), None
+
+
+ops.batch_norm_train.register_autograd(_train_backward, setup_context=_train_setup)
+
+
+# ----------------------------------------------------------------------------- Alg. 2 gradient
+def _eval_setup(ctx, inputs, output):
+    x, mean, var, weight, bias, eps = inputs
+    invstd = torch.rsqrt(var.detach().to(stats_dtype(x.dtype)) + eps)
+    ctx.save_for_backward(x, weight, mean, invstd)
+    ctx.param_dtypes = (_dtype(weight), _dtype(bias))
+
+
+def _eval_backward(ctx, grad_out):
+    x, weight, mean, invstd = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3] and weight is not None, ctx.needs_input_grad[4])
+    if not any(needs):
+        return (None,) * 6
+    if torch.is_grad_enabled():
+        dx, dw, db = _eval_backward_composite(grad_out, x, weight, mean, invstd, needs)
+    else:
+        dx, dw, db = ops.batch_norm_backward_eval(grad_out, x, weight, mean, invstd, *needs)
+        dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
+    wd, bd = ctx.param_dtypes
+    return dx, None, None, _cast_grad(dw, wd), _cast_grad(db, bd), None
+
+
+ops.batch_norm_eval.register_autograd(_eval_backward, setup_context=_eval_setup)
 
 
 def _train_backward_composite(dy, x, weight, eps, needs):

@@ -180,9 +180,8 @@ def batch_renorm_train(input, weight, bias, eps, running_mean, running_var, r_ma
     # μ_B, σ²_B (float64, biased) to form the corrections before normalizing
     mean_b, var_b = channel_mean_var(input.detach())                 # (C,), (C,)
     r, d = renorm_correction(mean_b, var_b, running_mean, running_var, eps, r_max, d_max)
+    # the dtype γ has (float32 for half input without γ): what check_input accepts for parameters
     pdt = weight.dtype if weight is not None else stats_dtype(input.dtype)
-    if input.dtype in _HALF and weight is None:
-        pdt = torch.float32
     r, d = r.to(pdt), d.to(pdt)
     # γ' = γ·r,  β' = γ·d + β    (C,)
     w_eff = r if weight is None else weight * r

@@ -29,6 +29,7 @@ CASES = {
                                kwargs=dict(track_running_stats=False)),
         "1d_single_value_shards": dict(sizes=(1, 1), channels=3, spatial=(), steps=2),
         "2d_float32": dict(sizes=(3, 5), channels=4, spatial=(3, 3), steps=2, dtype="float32"),
+        "1d_len_bfloat16": dict(sizes=(6, 2), channels=3, spatial=(5,), steps=2, dtype="bfloat16"),
     },
     3: {
         "2d_5_3_0": dict(sizes=(5, 3, 0), channels=4, spatial=(2, 3), steps=3),
@@ -106,6 +107,41 @@ def run_case(bnlab, case: dict, rank: int, groups: dict) -> dict:
     return rec
 
 
+# DistributedDataParallel end to end: Linear → (torch BN converted to bnlab SyncBN), SGD steps
+DDP_CASE = dict(sizes=(5, 3, 0), features=(4, 3), steps=3, lr=0.1)
+
+
+def ddp_model(bnlab, convert: bool) -> torch.nn.Module:
+    torch.manual_seed(11)
+    model = torch.nn.Sequential(torch.nn.Linear(*DDP_CASE["features"]), torch.nn.BatchNorm1d(DDP_CASE["features"][1]))
+    model = model.double()
+    return bnlab.convert_sync_batchnorm(model) if convert else model
+
+
+def ddp_batch(step: int, what: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1000 * step + (what == "g"))
+    n = sum(DDP_CASE["sizes"])
+    return torch.randn(n, DDP_CASE["features"][what == "g"], generator=gen, dtype=torch.float64)
+
+
+def run_ddp(bnlab, rank: int) -> dict:
+    """Train with DDP (which averages gradients over ranks); record the parameters after each step."""
+    model = torch.nn.parallel.DistributedDataParallel(ddp_model(bnlab, convert=True))
+    opt = torch.optim.SGD(model.parameters(), lr=DDP_CASE["lr"])
+    rec = {"y": [], "params": [], "buffers": None}
+    for step in range(DDP_CASE["steps"]):
+        x = shard(ddp_batch(step, "x"), DDP_CASE["sizes"], rank)
+        g = shard(ddp_batch(step, "g"), DDP_CASE["sizes"], rank)
+        opt.zero_grad()
+        y = model(x)
+        (y * g).sum().backward()
+        opt.step()
+        rec["y"].append(y.detach())
+        rec["params"].append([p.detach().clone() for p in model.module.parameters()])
+    rec["buffers"] = [b.clone() for b in model.module.buffers()]
+    return rec
+
+
 def main(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -124,6 +160,8 @@ def main(rank: int, world: int, port: int, out_dir: str) -> None:
                 if tuple(members) not in groups:
                     groups[tuple(members)] = dist.new_group(list(members), timeout=timedelta(seconds=60))
         results = {name: run_case(bnlab, case, rank, groups) for name, case in CASES[world].items()}
+        if world == len(DDP_CASE["sizes"]):
+            results["ddp"] = run_ddp(bnlab, rank)
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -101,3 +101,20 @@ def test_input_checks():
         bnlab.FrozenBatchNorm2d(3)(torch.randn(2, 3))
     with pytest.raises(ValueError):
         bnlab.FrozenBatchNorm1d(0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: bnlab.BatchRenorm2d(3, warmup_steps=0, r_max_steps=0, d_max_steps=0),
+    lambda: bnlab.GhostBatchNorm2d(3, virtual_batch_size=2),
+    lambda: bnlab.FrozenBatchNorm2d(3),
+])
+def test_variants_never_call_torch_batchnorm(make):
+    """From scratch: no PyTorch batch-norm kernel runs, forward or backward, train or eval."""
+    from conftest import forbid_torch_batchnorm
+
+    layer = make()
+    x = torch.randn(6, 3, 2, 2, requires_grad=True)
+    with forbid_torch_batchnorm():
+        for mode in (True, False):
+            layer.train(mode)
+            layer(x).sum().backward()

@@ -39,7 +39,7 @@ def test_guard_skips_and_matches_torch_on_finite_batches(dim, bad, momentum):
                 torch.testing.assert_close(y, ref(x))
             else:
                 assert not torch.isfinite(y).all()                 # the output itself is not hidden
-    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1   # warns once
+    assert len([w for w in caught if "non-finite statistics" in str(w.message)]) == 1   # warns once
     assert ours.skipped_batches == 2
     assert int(ours.num_batches_tracked) == 3 == int(ref.num_batches_tracked)
     torch.testing.assert_close(ours.running_mean, ref.running_mean)

@@ -198,3 +198,23 @@ def test_guard_and_policy_apply():
     x = torch.randn(4, 3)
     torch.testing.assert_close(layer(x), torch.nn.functional.batch_norm(x, layer.running_mean, layer.running_var,
                                                                          layer.weight, layer.bias))
+
+
+def test_gradcheck_affine_and_double_backward():
+    """float64 gradcheck/gradgradcheck in γ, β (r, d do not depend on them) and in x when r_max=1, d_max=0."""
+    torch.manual_seed(5)
+    x = torch.randn(6, 3, 2, dtype=torch.float64) * 2 + 1
+    rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.1
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(w, b):
+        return bnlab.functional.batch_renorm_train(x, w, b, 1e-5, rm, rv, 1.5, 0.5)[0]
+    assert torch.autograd.gradcheck(f, (w, b))
+    assert torch.autograd.gradgradcheck(f, (w, b))
+    xg = x.clone().requires_grad_()
+
+    def g(x, w, b):
+        return bnlab.functional.batch_renorm_train(x, w, b, 1e-5, rm, rv, 1.0, 0.0)[0]
+    assert torch.autograd.gradcheck(g, (xg, w, b))
+    assert torch.autograd.gradgradcheck(g, (xg, w, b))

@@ -73,3 +73,13 @@ def select(x) -> ModuleType:
         if supports is None or supports(x):
             return mod
     return reference
+
+
+# the fused CPU kernels register themselves in front of the reference; numba itself is
+# imported lazily, on the first call that can use it (see ``numba_cpu``)
+try:
+    from . import numba_cpu as _numba_cpu
+
+    register_backend(_numba_cpu)
+except Exception:  # pragma: no cover - a broken install must not break ``import bnlab``
+    pass

@@ -1,0 +1,25 @@
+"""Measurements the lab takes on a network during training.
+
+Pure functions over a ``loss_at(params) -> loss`` closure, so that each one can be
+checked on a model whose answer is known in closed form (a quadratic, a deep linear net):
+
+- :mod:`.landscape`: loss landscape, gradient predictiveness and effective β-smoothness
+  along the gradient direction (Santurkar et al., 2018, Section 3.1 and Figure 4).
+- :mod:`.ics`: internal covariate shift of each layer as the change of its gradient
+  when the layers before it take their update (Santurkar et al., 2018, Definition 2.1).
+- :mod:`.functional`: the closures themselves, built from a module with
+  ``torch.func.functional_call`` so that measuring never mutates the model.
+"""
+from .functional import flat_norm, loss_closure, named_params
+from .ics import IcsPoint, internal_covariate_shift
+from .landscape import LandscapeProbe, probe_along_gradient
+
+__all__ = [
+    "IcsPoint",
+    "LandscapeProbe",
+    "flat_norm",
+    "internal_covariate_shift",
+    "loss_closure",
+    "named_params",
+    "probe_along_gradient",
+]

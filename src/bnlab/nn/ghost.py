@@ -1,0 +1,118 @@
+"""Ghost Batch Normalization layers (Hoffer, Hubara & Soudry, 2017).
+
+The math is :func:`bnlab.functional.ghost_batch_norm_train`; the mode logic
+(statistics policy, non-finite guard, running statistics) is bnlab's ``_BatchNorm``.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as F
+from .batchnorm import _BatchNorm, _dim_error
+
+__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
+
+
+class _GhostBatchNorm(_BatchNorm):
+    """Ghost BN on top of bnlab's ``_BatchNorm``."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        virtual_batch_size: int = 32,
+        bias: bool = True,
+    ) -> None:
+        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+            raise ValueError(f"virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+        self.virtual_batch_size = virtual_batch_size
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        use_batch = self._uses_batch_stats()
+        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch)
+        if not use_batch:
+            # Alg. 2: the population statistics, exactly as BatchNorm
+            return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+        # Alg. 1 on each ghost batch x_k = x[s_k : s_k + n_k]           # (n_k, C, *)
+        y, stats = F.ghost_batch_norm_train(input, self.weight, self.bias, self.eps, self.virtual_batch_size)
+        if self._updates_running_stats():
+            # one moving-average step per ghost batch, in order (each one guarded)
+            for mean, var, m in stats:
+                self._track(mean, var, m)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
+
+
+_DOC = r"""Ghost Batch Normalization over a {ndim} input (Hoffer et al., 2017).
+
+    In training mode the batch is cut along dim 0 into consecutive *ghost batches*
+    of ``virtual_batch_size`` samples (the last one holds the remainder; a remainder
+    with a single value per channel is merged into the previous ghost batch), and
+    each ghost batch k is normalized with its own statistics (Alg. 1 of Ioffe &
+    Szegedy), per channel over {over}:
+
+    .. math::
+        y_k = \gamma \frac{{x_k - \mu_{{B_k}}}}{{\sqrt{{\sigma^2_{{B_k}} + \epsilon}}}} + \beta
+
+    Running statistics: updated **once per ghost batch, in order** (ghost batch 0
+    first), each step ``running = (1 − momentum)·running + momentum·statistic`` with
+    the ghost batch's unbiased variance ``m_k/(m_k − 1)·σ²_{{B_k}}``; so one forward of
+    G ghost batches advances ``num_batches_tracked`` by G, and a non-finite ghost
+    batch is skipped alone (``skipped_batches``). Eval mode is BatchNorm's Alg. 2.
+    ``virtual_batch_size >= N`` is exactly BatchNorm (outputs, gradients, buffers).
+    Momentum follows PyTorch (0.1 = Keras 0.9); the variance normalizing is biased.
+
+    Args:
+        num_features: C.
+        eps, momentum, affine, track_running_stats, bias: as ``BatchNorm``.
+        virtual_batch_size: samples per ghost batch (keyword-only). Default: 32.
+
+    Shape:
+        - Input: {shape}
+        - Output: the same shape.
+
+    Example::
+
+        >>> m = bnlab.{name}(100, virtual_batch_size=16)
+        >>> y = m(torch.randn({example}))      # 4 ghost batches of 16
+
+    Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the
+    generalization gap in large batch training of neural networks", NeurIPS 2017;
+    Ioffe & Szegedy, ICML 2015.
+    """
+
+
+class GhostBatchNorm1d(_GhostBatchNorm):
+    __doc__ = _DOC.format(ndim="2D or 3D", over="(n_k, L)", shape="(N, C) or (N, C, L)", name="GhostBatchNorm1d",
+                          example="64, 100")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _dim_error(input, (2, 3))
+
+
+class GhostBatchNorm2d(_GhostBatchNorm):
+    __doc__ = _DOC.format(ndim="4D", over="(n_k, H, W)", shape="(N, C, H, W)", name="GhostBatchNorm2d",
+                          example="64, 100, 8, 8")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _dim_error(input, (4,))
+
+
+class GhostBatchNorm3d(_GhostBatchNorm):
+    __doc__ = _DOC.format(ndim="5D", over="(n_k, D, H, W)", shape="(N, C, D, H, W)", name="GhostBatchNorm3d",
+                          example="64, 100, 4, 8, 8")
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _dim_error(input, (5,))

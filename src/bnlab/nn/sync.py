@@ -1,0 +1,277 @@
+"""Synchronized Batch Normalization over ``torch.distributed`` (any backend, gloo on CPU too).
+
+``SyncBatchNorm`` normalizes with the statistics of the mini-batch formed by every
+rank's shard together, as if one process ran Algorithm 1 on the concatenated
+batch. The collectives live in :mod:`bnlab.nn._dist_stats`; the gradient is
+Section 3's closed form with the global ``m``, in :class:`SyncBatchNormFunction`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .. import functional as F
+from .. import kernels
+from .._stats import broadcast_shape, compute_dtype, stats_dtype
+from . import _dist_stats as ds
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "convert_sync_batchnorm"]
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """y = γ·(x − μ_B)·σ⁻¹ + β with the global μ_B, σ²_B of the whole group (Alg. 1).
+
+    ``forward(x, weight, bias, mean, var, m, eps, group) -> y``. ``mean``/``var``
+    are the merged statistics of the concatenated batch (``m`` values per channel)
+    computed by :func:`bnlab.nn._dist_stats.global_mean_var`; they enter as
+    constants because the backward's closed form already contains their
+    dependence on ``x``:
+
+        dx = γ·σ⁻¹/m · (m·dy − Σdy − x̂·Σdy·x̂),   sums over *all* ranks (one all-reduce)
+        dγ = Σ dy·x̂,  dβ = Σ dy                   sums over *this* rank only
+
+    The parameter gradients are this rank's part; summing them over ranks (what
+    DistributedDataParallel's all-reduce does, up to its 1/W averaging) gives the
+    gradient of one-process BN on the concatenated batch. Every rank, also one
+    with an empty shard, joins the all-reduce whenever the input needs a gradient.
+    The backward is not itself differentiable (no double backward across ranks).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, m, eps, group):
+        sd = stats_dtype(x.dtype)
+        mean, var = mean.to(sd), var.to(sd)
+        # Alg. 1 lines 3-4 with the group's statistics: the inference transform's kernel does exactly this
+        if x.numel() == 0:
+            y = torch.empty_like(x)                                  # an empty shard: nothing to normalize
+        else:
+            y = kernels.select(x).forward_eval(x, mean, var, weight, bias, eps)
+        invstd = torch.rsqrt(var + eps)                              # σ⁻¹ = 1/sqrt(σ²_B + ε)   (C,)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.m, ctx.group = m, group
+        ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, invstd = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        sum_dy, sum_dy_xhat = ds.grad_sums(dy, x, mean, invstd)      # this rank's (C,) float64
+        wd, bd = ctx.param_dtypes
+        dw = sum_dy_xhat.to(wd) if need_dw and weight is not None else None
+        db = sum_dy.to(bd) if need_db and bd is not None else None
+        dx = None
+        if need_dx:
+            # Section 3 needs the sums over the whole batch: Σ over ranks (collective, empty shards too)
+            sum_dy, sum_dy_xhat = ds.all_reduce_sum(sum_dy, sum_dy_xhat, group=ctx.group)
+            m = ctx.m
+            cd = compute_dtype(x.dtype)
+            shape = broadcast_shape(x)                               # (1, C, 1, ...)
+            g = invstd.to(torch.float64)
+            if weight is not None:
+                g = g * weight.to(torch.float64)                     # γ·σ⁻¹
+            if m > 0:
+                dyc = dy.to(cd)
+                xhat = (x.to(cd) - mean.to(cd).view(shape)) * invstd.to(cd).view(shape)    # (N, C, *)
+                # dx = γ·σ⁻¹ · (dy − Σdy/m − x̂·Σdy·x̂/m), the global m
+                mean_dy = (sum_dy / m).to(cd).view(shape)
+                mean_dy_xhat = (sum_dy_xhat / m).to(cd).view(shape)
+                dx = g.to(cd).view(shape) * (dyc - mean_dy - xhat * mean_dy_xhat)
+            else:
+                dx = dy.to(cd).clone()
+            dx = dx.to(dtype=x.dtype, memory_format=torch.preserve_format)
+        return dx, dw, db, None, None, None, None, None
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch Normalization synchronized over the ranks of a process group (Ioffe & Szegedy, 2015).
+
+    A drop-in replacement for ``torch.nn.SyncBatchNorm`` (same constructor,
+    parameters, buffers, state_dict) that also runs on CPU with the gloo backend.
+    In training mode every rank normalizes its shard with the statistics of the
+    mini-batch made of *all* ranks' shards, so ``W`` processes compute exactly
+    what one process would compute on the concatenated batch:
+
+    .. math::
+        y = \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}} \cdot \gamma + \beta, \qquad
+        \mu_B = \frac{1}{m}\sum_{r}\sum_{i \in B_r} x_i, \quad
+        \sigma_B^2 = \frac{1}{m}\sum_{r}\sum_{i \in B_r} (x_i - \mu_B)^2, \quad m = \sum_r m_r
+
+    Conventions:
+
+    * Statistics: each rank contributes ``(m_r, μ_r, M2_r)``; the summaries are
+      all-gathered and merged with Chan et al.'s parallel algorithm
+      (``μ = μ_a + δ·n_b/n``, ``M2 = M2_a + M2_b + δ²·n_a·n_b/n``), never with
+      ``E[x²] − E[x]²``. Ranks may hold different batch sizes, including **zero**:
+      an empty rank still takes part in every collective and returns an empty output.
+    * Gradient: Section 3's closed form with the global ``m``; the input gradient
+      needs the all-reduced ``Σ dy`` and ``Σ dy·x̂``. ``weight.grad``/``bias.grad``
+      hold this rank's part, as in PyTorch; DistributedDataParallel's gradient
+      all-reduce completes them.
+    * Running statistics: updated with the global μ_B and the global *unbiased*
+      variance ``m/(m−1)·σ²_B`` (Algorithm 2), identical on every rank.
+      Momentum follows PyTorch (weight of the new batch: 0.1 here = Keras' 0.9;
+      ``None`` = cumulative average).
+    * When it synchronizes: in training mode with batch statistics, when
+      ``torch.distributed`` is initialized and ``process_group`` (default: the
+      whole world) has more than one rank. Otherwise — no process group, a group
+      of one, eval mode (which never synchronizes, as in PyTorch) — it is exactly
+      the local :class:`bnlab.BatchNorm2d` computation, double backward included.
+    * Every rank of the group must call forward (and backward) the same number of
+      times, as with any collective. The bnlab policy switches of ``_BatchNorm``
+      (``use_batch_stats``, ``update_running_stats``, ``nonfinite_guard``) apply.
+
+    Args:
+        num_features: C, the number of channels (dim 1).
+        eps: ε added to the variance. Default: 1e-5.
+        momentum: weight of the new batch in the running average, or ``None``. Default: 0.1.
+        affine: learn γ (init 1) and β (init 0). Default: ``True``.
+        track_running_stats: keep ``running_mean``/``running_var``/``num_batches_tracked``. Default: ``True``.
+        process_group: the ``torch.distributed`` group whose ranks share statistics;
+            ``None`` = the default (world) group. Default: ``None``.
+        bias: learn β (keyword-only; with ``affine``). Default: ``True``.
+
+    Shape:
+        - Input: ``(N, C, *)``, at least 2D; ``N`` may differ between ranks, and be 0.
+        - Output: the same shape, dtype and memory format.
+
+    Example::
+
+        >>> # in each of W processes, after dist.init_process_group("gloo", ...)
+        >>> model = bnlab.convert_sync_batchnorm(model)
+        >>> ddp = torch.nn.parallel.DistributedDataParallel(model)
+
+    Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
+    Reducing Internal Covariate Shift", ICML 2015. Chan, Golub & LeVeque,
+    "Updating Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
+        self.process_group = process_group
+
+    def __setstate__(self, state):
+        state.setdefault("process_group", None)
+        super().__setstate__(state)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+        if input.shape[1] == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+
+    def _sync_group(self):
+        """The group to synchronize over for this forward, or ``None`` (local BN)."""
+        if not (self.training and self._uses_batch_stats()):
+            return None
+        return ds.sync_group(self.process_group)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        group = self._sync_group()
+        if group is None:
+            return super().forward(input)                            # local Alg. 1 / Alg. 2
+        # dtype/device/size checks before any collective or state change; the "more than
+        # one value per channel" check concerns the global m (below), so check an empty view
+        F.check_input(input.narrow(0, 0, 0), self.running_mean, self.running_var, self.weight, self.bias,
+                      training=True)
+        m, mean, var = ds.global_mean_var(input, group)              # collective; (C,) float64
+        if m == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got 1 over the process group "
+                f"(this rank's input size {tuple(input.shape)})"
+            )
+        sd = stats_dtype(input.dtype)
+        mean, var = mean.to(sd), var.to(sd)                          # as the local path's statistics
+        y = SyncBatchNormFunction.apply(input, self.weight, self.bias, mean, var, m, self.eps, group)
+        if self._updates_running_stats():
+            self._track(mean, var, m)                                # global m/(m−1)·σ²_B, same on all ranks
+        return y
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """Same as :func:`bnlab.convert_sync_batchnorm`."""
+        return convert_sync_batchnorm(module, process_group)
+
+
+# bnlab layers converted by exact class: variants (Ghost BN, Batch Renorm, frozen BN)
+# carry their own semantics and are left alone
+_BNLAB_CONVERTIBLE = (BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm)
+_POLICY = ("use_batch_stats", "update_running_stats", "nonfinite_guard", "skipped_batches")
+
+
+def _is_convertible(module: nn.Module) -> bool:
+    return type(module) in _BNLAB_CONVERTIBLE or isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _to_sync(layer: nn.Module, process_group) -> SyncBatchNorm:
+    """A SyncBatchNorm that shares ``layer``'s parameters and buffers (as PyTorch's converter does)."""
+    if layer.num_features == 0:
+        raise ValueError(f"convert_sync_batchnorm: {type(layer).__name__} has no num_features yet "
+                         "(an uninitialized lazy module); run one forward first")
+    ref = layer.weight if layer.weight is not None else layer.running_mean
+    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    new = SyncBatchNorm(
+        layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats,
+        process_group, bias=layer.bias is not None, **factory,
+    )
+    # the same Parameter and buffer objects: optimizers built earlier keep working
+    for name in ("weight", "bias"):
+        if getattr(layer, name) is not None:
+            setattr(new, name, getattr(layer, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        setattr(new, name, getattr(layer, name))
+    if isinstance(layer, _BatchNorm):
+        for name in _POLICY:
+            setattr(new, name, getattr(layer, name))
+    new.train(layer.training)
+    if hasattr(layer, "qconfig"):
+        new.qconfig = layer.qconfig
+    return new
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Replace every BatchNorm layer of ``module`` by a :class:`bnlab.SyncBatchNorm`.
+
+    Converts ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.SyncBatchNorm`` (any
+    subclass of PyTorch's ``_BatchNorm``, as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
+    does) and bnlab's ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` (exact classes;
+    bnlab variants keep their semantics). As in PyTorch the new layers *share*
+    the old ones' parameters and buffers (``weight``, ``bias``, ``running_mean``,
+    ``running_var``, ``num_batches_tracked``), and keep hyper-parameters, training
+    mode and bnlab's policy switches, so state_dict keys are unchanged and load
+    both ways. Children are replaced in place; the (possibly new) root is returned.
+
+    Args:
+        module: any ``nn.Module``.
+        process_group: the group whose ranks synchronize; ``None`` = the world.
+
+    Example::
+
+        >>> model = bnlab.convert_sync_batchnorm(torchvision_resnet)   # torch BN → bnlab SyncBN
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"convert_sync_batchnorm: expected an nn.Module, got {type(module).__name__}")
+    out = _to_sync(module, process_group) if _is_convertible(module) else module
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, process_group))
+    return out

@@ -1,0 +1,199 @@
+"""The trainer: repeatability, resume equality, divergence, schedules, checkpoints, logs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bnlab.lab.checkpoint import load_checkpoint, save_checkpoint
+from bnlab.lab.metrics import MetricsLog, read_metrics, truncate_after
+from bnlab.lab.models import MnistMLP, norm_factory
+from bnlab.lab.optim import learning_rate
+from bnlab.lab.progress import progress_enabled
+from bnlab.lab.runfiles import atomic_write
+from bnlab.lab.train import LoopConfig, fit, steps_to_reach
+
+
+def _data(n=240, n_test=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n + n_test, 1, 28, 28, generator=g)
+    y = (x.flatten(1)[:, :10].argmax(1))  # a learnable labelling
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+def _model(norm="batch", seed=0):
+    torch.manual_seed(seed)
+    return MnistMLP(norm_factory(norm, 1) if norm != "none" else None)
+
+
+CFG = LoopConfig(lr=0.3, momentum=0.9, steps=40, batch_size=20, eval_every=7, ckpt_every=10)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cpu_run_repeats_bit_for_bit(tmp_path, optimizer):
+    train, test = _data()
+    cfg = LoopConfig(**{**CFG.__dict__, "optimizer": optimizer, "lr": 0.3 if optimizer == "sgd" else 1e-3})
+    m1, m2 = _model(), _model()
+    r1 = fit(m1, train, test, cfg, tmp_path / "a")
+    r2 = fit(m2, train, test, cfg, tmp_path / "b")
+    _assert_same_state(_state(m1), _state(m2))
+    assert r1["history"] == r2["history"]
+    assert r1["status"] == "completed" and r1["steps"] == 40
+    # evaluations at every 7th step and at the end
+    assert [h["step"] for h in r1["history"]] == [7, 14, 21, 28, 35, 40]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(step):
+    def hook(s):
+        if s == step:
+            raise _Interrupt
+    return hook
+
+
+@pytest.mark.parametrize("stop_at", [13, 20])  # between checkpoints, and right on one
+def test_resume_reaches_the_same_numbers(tmp_path, stop_at):
+    train, test = _data()
+    full = _model()
+    ref = fit(full, train, test, CFG, tmp_path / "full")
+
+    run = tmp_path / "resumed"
+    with pytest.raises(_Interrupt):
+        fit(_model(), train, test, CFG, run, on_step=_interrupt_at(stop_at))
+    assert load_checkpoint(run / "checkpoints" / "model.pt")["step"] == 10 * (stop_at // 10)
+    resumed_model = _model(seed=123)  # different init: everything must come from the checkpoint
+    res = fit(resumed_model, train, test, CFG, run, resume=True)
+
+    _assert_same_state(_state(full), _state(resumed_model))
+    assert res["history"] == ref["history"]
+    strip = lambda recs: [{k: v for k, v in r.items()} for r in recs]  # noqa: E731
+    assert strip(read_metrics(run / "metrics.jsonl")) == strip(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    train, test = _data()
+    fit(_model(), train, test, CFG, tmp_path)
+    other = LoopConfig(**{**CFG.__dict__, "lr": 0.1})
+    with pytest.raises(ValueError, match="lr"):
+        fit(_model(), train, test, other, tmp_path, resume=True)
+
+
+def test_non_finite_loss_marks_run_diverged(tmp_path):
+    (x, y), test = _data()
+    x = x.clone()
+    x[:] = float("nan")
+    model = _model("none")
+    before = _state(model)
+    res = fit(model, (x, y), test, CFG, tmp_path)
+    assert res["status"] == "diverged" and res["diverged_at_step"] == 1
+    assert res["final_test_acc"] is None
+    _assert_same_state(before, _state(model))  # the non-finite gradient was not applied
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert recs[-1]["event"] == "diverged" and recs[-1]["train_loss"] is None
+
+
+def test_huge_learning_rate_diverges_without_crash(tmp_path):
+    train, test = _data()
+    cfg = LoopConfig(optimizer="sgd", lr=1e30, momentum=0.0, steps=30, batch_size=20,
+                     eval_every=5, ckpt_every=0)
+    res = fit(_model("none"), train, test, cfg, tmp_path)
+    assert res["status"] == "diverged" and res["diverged_at_step"] <= 30
+
+
+@pytest.mark.parametrize("schedule,step,expected", [
+    ("constant", 0, 0.5), ("constant", 999, 0.5),
+    ("step", 99, 0.5), ("step", 100, 0.05), ("step", 250, 0.005),
+    ("exponential", 0, 0.5), ("exponential", 50, 0.5 * 0.1 ** 0.5), ("exponential", 200, 0.005),
+])
+def test_learning_rate_schedules(schedule, step, expected):
+    assert learning_rate(0.5, schedule, step, 100, 0.1) == pytest.approx(expected, rel=1e-12)
+
+
+def test_schedule_is_applied_in_training(tmp_path):
+    train, test = _data()
+    cfg = LoopConfig(lr=0.2, schedule="step", lr_step=10, lr_gamma=0.5, steps=30, batch_size=20,
+                     eval_every=5, ckpt_every=0)
+    res = fit(_model(), train, test, cfg, tmp_path)
+    # the lr logged at an evaluation is the one used for that evaluation's last step (t = step-1)
+    assert [h["lr"] for h in res["history"]] == [0.2 * 0.5 ** ((s - 1) // 10) for s in range(5, 31, 5)]
+
+
+def test_steps_to_reach():
+    hist = [{"step": 10, "test_acc": 0.5}, {"step": 20, "test_acc": 0.92}, {"step": 30, "test_acc": 0.9}]
+    assert steps_to_reach(hist, 0.9) == 20
+    assert steps_to_reach(hist, 0.95) is None
+
+
+def test_checkpoint_roundtrip_loads_weights_only(tmp_path):
+    state = {"model": MnistMLP().state_dict(), "step": 3, "history": [{"a": 1.5, "b": None}],
+             "torch_rng": torch.get_rng_state()}
+    path = save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(path)
+    assert back["step"] == 3 and back["history"] == state["history"]
+    _assert_same_state(back["model"], state["model"])
+
+    class Evil:
+        pass
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.json"
+    target.write_text("old")
+
+    def broken(f):
+        f.write("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left
+
+
+def test_metrics_log_and_truncate(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path, run="a") as log:
+        for s in (1, 2, 3):
+            log.log(s, loss=float(s), bad=float("nan"))
+    with MetricsLog(path, run="b") as log:
+        log.log(1, loss=9.0)
+    with open(path, "a") as f:
+        f.write('{"step": 4, "run"')  # a line torn by a kill
+    truncate_after(path, 1, run="a")
+    recs = read_metrics(path)
+    assert recs == [{"step": 1, "run": "a", "loss": 1.0, "bad": None}, {"step": 1, "run": "b", "loss": 9.0}]
+    json.loads(path.read_text().splitlines()[0])  # strict JSON (no NaN)
+
+
+@pytest.mark.parametrize("env,expected", [({"CI": "true"}, False), ({"BNLAB_PROGRESS": "1", "CI": "1"}, True),
+                                          ({"BNLAB_PROGRESS": "0"}, False)])
+def test_progress_quiet_in_ci(monkeypatch, env, expected):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BNLAB_PROGRESS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert progress_enabled() is expected
+
+
+def test_progress_quiet_when_not_a_tty(monkeypatch, capsys):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BNLAB_PROGRESS", raising=False)
+    assert progress_enabled() is False  # pytest captures stdout: not a terminal
