@@ -272,22 +272,34 @@ def _dim_error(input, allowed: tuple[int, ...]) -> None:
         raise ValueError(f"expected {want} input (got {input.dim()}D input)")
 
 
-class BatchNorm1d(_BatchNorm):
-    __doc__ = _doc("BatchNorm1d", "2D or 3D", "the batch (and length) dimensions", "(N, C) or (N, C, L)", "20, 100")
+class _Input1d:
+    """Input-rank check of the ``*1d`` layers: (N, C) or (N, C, L). Mixed in first."""
 
     def _check_input_dim(self, input: Tensor) -> None:
         _dim_error(input, (2, 3))
 
 
-class BatchNorm2d(_BatchNorm):
-    __doc__ = _doc("BatchNorm2d", "4D", "(N, H, W)", "(N, C, H, W)", "20, 100, 35, 45")
+class _Input2d:
+    """Input-rank check of the ``*2d`` layers: (N, C, H, W). Mixed in first."""
 
     def _check_input_dim(self, input: Tensor) -> None:
         _dim_error(input, (4,))
 
 
-class BatchNorm3d(_BatchNorm):
-    __doc__ = _doc("BatchNorm3d", "5D", "(N, D, H, W)", "(N, C, D, H, W)", "20, 100, 35, 45, 10")
+class _Input3d:
+    """Input-rank check of the ``*3d`` layers: (N, C, D, H, W). Mixed in first."""
 
     def _check_input_dim(self, input: Tensor) -> None:
         _dim_error(input, (5,))
+
+
+class BatchNorm1d(_Input1d, _BatchNorm):
+    __doc__ = _doc("BatchNorm1d", "2D or 3D", "the batch (and length) dimensions", "(N, C) or (N, C, L)", "20, 100")
+
+
+class BatchNorm2d(_Input2d, _BatchNorm):
+    __doc__ = _doc("BatchNorm2d", "4D", "(N, H, W)", "(N, C, H, W)", "20, 100, 35, 45")
+
+
+class BatchNorm3d(_Input3d, _BatchNorm):
+    __doc__ = _doc("BatchNorm3d", "5D", "(N, D, H, W)", "(N, C, D, H, W)", "20, 100, 35, 45, 10")

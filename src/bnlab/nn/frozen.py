@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from .batchnorm import _BatchNorm, _dim_error
+from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
 
 __all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "freeze_batchnorm"]
 
@@ -119,28 +119,19 @@ _DOC = r"""Batch Normalization with frozen statistics and affine parameters, {nd
     """
 
 
-class FrozenBatchNorm1d(_FrozenBatchNorm):
+class FrozenBatchNorm1d(_Input1d, _FrozenBatchNorm):
     __doc__ = _DOC.format(ndim="2D or 3D", over="(N, L)", shape="(N, C) or (N, C, L)", name="FrozenBatchNorm1d",
                           bn="BatchNorm1d")
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (2, 3))
 
-
-class FrozenBatchNorm2d(_FrozenBatchNorm):
+class FrozenBatchNorm2d(_Input2d, _FrozenBatchNorm):
     __doc__ = _DOC.format(ndim="4D", over="(N, H, W)", shape="(N, C, H, W)", name="FrozenBatchNorm2d",
                           bn="BatchNorm2d")
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (4,))
 
-
-class FrozenBatchNorm3d(_FrozenBatchNorm):
+class FrozenBatchNorm3d(_Input3d, _FrozenBatchNorm):
     __doc__ = _DOC.format(ndim="5D", over="(N, D, H, W)", shape="(N, C, D, H, W)", name="FrozenBatchNorm3d",
                           bn="BatchNorm3d")
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (5,))
 
 
 def _frozen_class(layer: nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .. import functional as F
-from .batchnorm import _BatchNorm, _dim_error
+from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
 
@@ -94,25 +94,16 @@ _DOC = r"""Ghost Batch Normalization over a {ndim} input (Hoffer et al., 2017).
     """
 
 
-class GhostBatchNorm1d(_GhostBatchNorm):
+class GhostBatchNorm1d(_Input1d, _GhostBatchNorm):
     __doc__ = _DOC.format(ndim="2D or 3D", over="(n_k, L)", shape="(N, C) or (N, C, L)", name="GhostBatchNorm1d",
                           example="64, 100")
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (2, 3))
 
-
-class GhostBatchNorm2d(_GhostBatchNorm):
+class GhostBatchNorm2d(_Input2d, _GhostBatchNorm):
     __doc__ = _DOC.format(ndim="4D", over="(n_k, H, W)", shape="(N, C, H, W)", name="GhostBatchNorm2d",
                           example="64, 100, 8, 8")
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (4,))
 
-
-class GhostBatchNorm3d(_GhostBatchNorm):
+class GhostBatchNorm3d(_Input3d, _GhostBatchNorm):
     __doc__ = _DOC.format(ndim="5D", over="(n_k, D, H, W)", shape="(N, C, D, H, W)", name="GhostBatchNorm3d",
                           example="64, 100, 4, 8, 8")
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (5,))

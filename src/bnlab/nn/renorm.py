@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .._stats import count_per_channel
-from .batchnorm import _BatchNorm, _dim_error
+from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
 
 __all__ = ["RenormSchedule", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
 
@@ -185,25 +185,16 @@ _DOC = r"""Batch Renormalization over a {ndim} input (Ioffe, 2017).
     """
 
 
-class BatchRenorm1d(_BatchRenorm):
+class BatchRenorm1d(_Input1d, _BatchRenorm):
     __doc__ = _DOC.format(name="BatchRenorm1d", ndim="2D or 3D", over="(N, L)", shape="(N, C) or (N, C, L)",
                           example="20, 100")
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (2, 3))
 
-
-class BatchRenorm2d(_BatchRenorm):
+class BatchRenorm2d(_Input2d, _BatchRenorm):
     __doc__ = _DOC.format(name="BatchRenorm2d", ndim="4D", over="(N, H, W)", shape="(N, C, H, W)",
                           example="20, 100, 35, 45")
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (4,))
 
-
-class BatchRenorm3d(_BatchRenorm):
+class BatchRenorm3d(_Input3d, _BatchRenorm):
     __doc__ = _DOC.format(name="BatchRenorm3d", ndim="5D", over="(N, D, H, W)", shape="(N, C, D, H, W)",
                           example="20, 100, 35, 45, 10")
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        _dim_error(input, (5,))
