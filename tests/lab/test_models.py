@@ -10,6 +10,15 @@ from bnlab.lab.models import BNInception, MnistMLP, build_model, count_params, m
 from bnlab.lab.models.inception import INCEPTION_TABLE
 
 
+@pytest.fixture(autouse=True)
+def _reference_kernels():
+    """The reference kernels: these tests check the lab, not kernel speed (and skip JIT warm-up)."""
+    previous = bnlab.get_backend()
+    bnlab.set_backend("reference")
+    yield
+    bnlab.set_backend(previous)
+
+
 @pytest.mark.parametrize("name,in_shape,classes", [
     ("mnist-mlp", (1, 28, 28), 10),
     ("seed-net", (3, 32, 32), 10),

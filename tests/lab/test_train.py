@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+import bnlab
+
 from bnlab.lab.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.lab.metrics import MetricsLog, read_metrics, truncate_after
 from bnlab.lab.models import MnistMLP, norm_factory
@@ -13,6 +15,17 @@ from bnlab.lab.optim import learning_rate
 from bnlab.lab.progress import progress_enabled
 from bnlab.lab.runfiles import atomic_write
 from bnlab.lab.train import LoopConfig, fit, steps_to_reach
+
+
+@pytest.fixture(autouse=True)
+def _reference_kernels():
+    """The reference kernels: these tests check the lab, not kernel speed (and skip JIT warm-up)."""
+    previous, threads = bnlab.get_backend(), torch.get_num_threads()
+    bnlab.set_backend("reference")
+    torch.set_num_threads(1)  # tiny models: one thread is faster and immune to a busy machine
+    yield
+    bnlab.set_backend(previous)
+    torch.set_num_threads(threads)
 
 
 def _data(n=240, n_test=60, seed=0):
@@ -108,7 +121,7 @@ def test_non_finite_loss_marks_run_diverged(tmp_path):
 
 def test_huge_learning_rate_diverges_without_crash(tmp_path):
     train, test = _data()
-    cfg = LoopConfig(optimizer="sgd", lr=1e30, momentum=0.0, steps=30, batch_size=20,
+    cfg = LoopConfig(optimizer="sgd", lr=1e38, momentum=0.0, steps=30, batch_size=20,
                      eval_every=5, ckpt_every=0)
     res = fit(_model("none"), train, test, cfg, tmp_path)
     assert res["status"] == "diverged" and res["diverged_at_step"] <= 30
@@ -138,6 +151,10 @@ def test_steps_to_reach():
     assert steps_to_reach(hist, 0.95) is None
 
 
+class Evil:
+    """A class a malicious checkpoint could make torch.load instantiate."""
+
+
 def test_checkpoint_roundtrip_loads_weights_only(tmp_path):
     state = {"model": MnistMLP().state_dict(), "step": 3, "history": [{"a": 1.5, "b": None}],
              "torch_rng": torch.get_rng_state()}
@@ -146,11 +163,8 @@ def test_checkpoint_roundtrip_loads_weights_only(tmp_path):
     assert back["step"] == 3 and back["history"] == state["history"]
     _assert_same_state(back["model"], state["model"])
 
-    class Evil:
-        pass
-
-    torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception):
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")  # arbitrary pickled object: refused
+    with pytest.raises(Exception, match="[Ww]eights only"):
         load_checkpoint(tmp_path / "evil.pt")
 
 

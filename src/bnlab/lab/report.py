@@ -209,3 +209,74 @@ def render_markdown(sections: Iterable[Section]) -> str:
 def write_report(path: str | os.PathLike, sections: Iterable[Section], **kwargs) -> Path:
     """Render and write ``report.html`` atomically; returns its path."""
     return write_text(path, render_html(sections, **kwargs))
+
+
+# ---------------------------------------------------------------- assembling the page of a run
+
+
+def experiment_section(exp, outcome, run_dir: str | os.PathLike) -> Section:
+    """The section of one experiment of ``bnlab reproduce``.
+
+    ``outcome`` is its results dict, or the exception it failed with. Experiments whose
+    module defines ``report_section(results, run_dir)`` build their own; ``fig1`` is
+    judged here; any other gets its figures and a "not run" verdict (no checks).
+    """
+    import sys
+
+    run_dir = Path(run_dir)
+    if isinstance(outcome, BaseException):
+        return Section(key=exp.name, title=exp.name, claim=exp.claim, source="", ran=False,
+                       notes=(f"failed: {type(outcome).__name__}: {outcome}",), run_dir=str(run_dir))
+    builder = getattr(sys.modules.get(exp.run.__module__), "report_section", None)
+    if builder is not None:
+        return builder(outcome, run_dir)
+    if exp.name == "fig1":
+        return _fig1_section(exp, outcome, run_dir)
+    return Section(key=exp.name, title=exp.name, claim=exp.claim, source="",
+                   figures=tuple(p for p in (run_dir / f for f in exp.figures) if p.exists()),
+                   ran=False, notes=("this experiment defines no checks",), run_dir=str(run_dir))
+
+
+def _fig1_section(exp, results: Mapping, run_dir: Path) -> Section:
+    nets = results["networks"]
+    bn, plain = nets.get("bn", {}), nets.get("plain", nets.get("no_bn", {}))
+    targets = list(bn.get("steps_to_reach", {}))
+    rows = tuple(
+        (tag, str(r.get("status")), _pct(r.get("best_test_acc")),
+         *("never" if r["steps_to_reach"].get(t) is None else str(r["steps_to_reach"][t]) for t in targets))
+        for tag, r in nets.items())
+    checks = [Check("the BN network reaches ≥ 90% test accuracy", (bn.get("best_test_acc") or 0) >= 0.90,
+                    _pct(bn.get("best_test_acc")))]
+    if plain:
+        reached = [t for t in targets if plain["steps_to_reach"].get(t) is not None]
+        faster = all(bn["steps_to_reach"].get(t) is not None and bn["steps_to_reach"][t] <= plain["steps_to_reach"][t]
+                     for t in reached)
+        checks.append(Check("BN reaches every accuracy level the plain network reaches, no later", faster,
+                            ", ".join(f"{t}: {bn['steps_to_reach'].get(t)} vs {plain['steps_to_reach'][t]}"
+                                      for t in reached) or "plain network reached no level"))
+        checks.append(Check("BN's best test accuracy is higher", (bn.get("best_test_acc") or 0)
+                            > (plain.get("best_test_acc") or 0),
+                            f"{_pct(bn.get('best_test_acc'))} vs {_pct(plain.get('best_test_acc'))}"))
+    return Section(
+        key="fig1", title="Faster training and stable activations (Figure 1)", claim=exp.claim,
+        source="Ioffe & Szegedy (2015), Section 4.1, Figure 1",
+        published=(Table(("quantity", "paper (MNIST, 50k steps, batch 60)"),
+                         (("test accuracy", "BN higher and reached sooner (Fig. 1a, curves)"),
+                          ("sigmoid input percentiles", "stable with BN, drifting without (Fig. 1b, c)"))),),
+        ours=(Table(("network", "status", "best test acc", *(f"steps to {float(t) * 100:g}%" for t in targets)),
+                    rows),),
+        figures=tuple(p for p in (run_dir / f for f in results.get("figures", exp.figures)) if p.exists()),
+        checks=tuple(checks), run_dir=str(run_dir),
+        deviations=("quick preset: the 5,000 embedded MNIST digits and fewer steps than the paper's 50k.",),
+    )
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def write_reproduce_report(out_dir: str | os.PathLike, entries, preset: str) -> Path:
+    """``report.html`` for ``bnlab reproduce``: ``entries`` = (experiment, outcome, run-folder name)."""
+    out_dir = Path(out_dir)
+    sections = [experiment_section(exp, outcome, out_dir / rel) for exp, outcome, rel in entries]
+    return write_report(out_dir / "report.html", sections, meta={"preset": preset})

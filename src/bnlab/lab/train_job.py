@@ -42,11 +42,13 @@ class TrainConfig(LoopConfig):
     binarize: bool = _f(False, "binary 0/1 pixels")
     norm: str = _f("batch", "norm layer: batch | torch | none | ghost | renorm | ...")
     sync_bn: bool = _f(False, "under torchrun: convert BN layers to bnlab.SyncBatchNorm")
+    threads: int = _f(0, "torch CPU threads per process (0 = torch's default)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.model in model_names(), f"model must be one of {model_names()}, got {self.model!r}")
         check(self.norm in norm_names(), f"norm must be one of {norm_names()}, got {self.norm!r}")
+        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
 
 
 def load_train_test(dataset: str, data_dir: str = "", download: bool = False,
@@ -65,6 +67,8 @@ def load_train_test(dataset: str, data_dir: str = "", download: bool = False,
 def run_training(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train as configured; returns the results dict (also written to ``results.json``)."""
     out_dir = Path(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     joined = D.init_from_env("gloo")
     try:
         rank, size = D.world()

@@ -59,10 +59,12 @@ class Fig1Config(LoopConfig):
     probe_size: int = _f(1000, "images in the fixed probe batch")
     neuron: int = _f(0, "which sigmoid of the last hidden layer (0..99) is probed")
     targets: tuple[float, ...] = _f((0.8, 0.9, 0.95), "accuracies for steps-to-reach")
+    threads: int = _f(1, "torch CPU threads (0 = torch's default); 1 is fastest for this tiny net")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(0 <= self.neuron < 100, f"neuron must be in 0..99, got {self.neuron}")
+        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         check(self.probe_size >= 2, f"probe_size must be >= 2, got {self.probe_size}")
         check(all(0 < t <= 1 for t in self.targets), f"targets must be in (0, 1], got {self.targets}")
 
@@ -96,6 +98,16 @@ def sigmoid_input_probe(probe: torch.Tensor, neuron: int):
 
 
 def run(cfg: Fig1Config, out_dir: Path, resume: bool = False) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, out_dir, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Fig1Config, out_dir: Path, resume: bool) -> dict[str, Any]:
     (x_train, y_train), test = load_train_test(cfg.dataset, cfg.data_dir, cfg.download, cfg.binarize)
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     probe = x_train[torch.randperm(len(x_train), generator=g)[:cfg.probe_size]]
