@@ -20,10 +20,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(autouse=True)
 def _reference_kernels():
-    previous = bnlab.get_backend()
+    previous, threads = bnlab.get_backend(), torch.get_num_threads()
     bnlab.set_backend("reference")
+    torch.set_num_threads(1)  # tiny models: one thread is faster and immune to a busy machine
     yield
     bnlab.set_backend(previous)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

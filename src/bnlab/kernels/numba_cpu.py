@@ -20,7 +20,6 @@ cannot compile, this backend warns once and every call runs the reference.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 
@@ -198,8 +197,9 @@ def _forward_train(x, weight, bias, eps):
     K = _kernels()
     layout, xv, per_channel = _setup(x)
     tab = _table(x.dtype)
-    c, m = x.shape[1], count_per_channel(x)
-    shift = xv[0, :, 0].astype(np.float64) if xv.dtype.kind == "f" else tab[xv[0, :, 0].astype(np.int64) & 0xFFFF].astype(np.float64)
+    m = count_per_channel(x)
+    first = xv[0, :, 0]                                              # per-channel shift k   (C,)
+    shift = first.astype(np.float64) if xv.dtype.kind == "f" else tab[first.astype(np.int64) & 0xFFFF].astype(np.float64)
     s1, s2 = K.channel_sums(xv, shift, tab, per_channel)
     # Alg. 1: μ_B = k + Σd/m,  σ²_B = (Σd² − (Σd)²/m)/m  with d = x − k  (float64)
     mean = shift + s1 / m

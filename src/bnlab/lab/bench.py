@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import statistics
 import sys
 import time
@@ -37,9 +36,12 @@ from torch import nn
 import bnlab
 
 from .config import ConfigError, add_config_flags, apply_overrides, check, config_to_dict, overrides_from_args
+from .bench_e2e import Net, bench_end_to_end, small_resnet
+from .bench_report import _label, format_table, plot, targets
 from .runfiles import write_json, write_text
 
-__all__ = ["BenchConfig", "PRESETS", "run", "main", "NaiveBatchNorm", "parse_shapes"]
+__all__ = ["BenchConfig", "PRESETS", "run", "main", "NaiveBatchNorm", "parse_shapes", "summary",
+           "Net", "small_resnet"]
 
 PEERS = ("bnlab", "bnlab-ref", "aten", "compile", "naive")
 MODES = ("fwd", "bwd", "fwdbwd", "eval")
@@ -93,10 +95,6 @@ PRESETS = {
     "quick": BenchConfig(shapes="8x16x12x12,8x16x12x12cl,64x32", peers=("bnlab", "bnlab-ref", "aten", "naive"),
                          reps=3, warmup=1, e2e_batch=4, e2e_size=8, plot=True),
 }
-
-
-def _label(shape, cl) -> str:
-    return "x".join(map(str, shape)) + (" CL" if cl else "")
 
 
 # ----------------------------------------------------------------------------- peers
@@ -188,7 +186,7 @@ def _step(mode: str, fn: Callable, mod: nn.Module, x: torch.Tensor, dy: torch.Te
     return run
 
 
-def _summary(seconds: list[float]) -> dict:
+def summary(seconds: list[float]) -> dict:
     ms = sorted(s * 1e3 for s in seconds)
     q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
     return {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "min_ms": ms[0], "n": len(ms)}
@@ -217,6 +215,8 @@ def bench_shape(shape, cl: bool, cfg: BenchConfig) -> dict:
         x = x.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
     dy = torch.randn_like(x)
     dst = torch.empty_like(x)
+    if "compile" in cfg.peers:
+        torch._dynamo.reset()                  # one shape at a time: stay under the recompile limit
     peers = {p: make_peer(p, shape, dtype) for p in cfg.peers}
     nbytes = x.numel() * x.element_size()
     out = {"shape": list(shape), "channels_last": cl, "bytes": nbytes, "modes": {}, "saved_bytes": {}}
@@ -240,7 +240,7 @@ def bench_shape(shape, cl: bool, cfg: BenchConfig) -> dict:
             c = copy()
             if r >= cfg.warmup:
                 copies.append(c)
-        out["modes"][mode] = {p: _summary(ts) for p, ts in times.items()}
+        out["modes"][mode] = {p: summary(ts) for p, ts in times.items()}
     copy_s = statistics.median(copies)
     out["copy_ms"] = copy_s * 1e3
     out["copy_gbps"] = 2 * nbytes / copy_s / 1e9
@@ -254,168 +254,6 @@ def bench_shape(shape, cl: bool, cfg: BenchConfig) -> dict:
         out["saved_bytes"][p] = saved_bytes(mod, fn, x)
     bnlab.set_backend("auto")
     return out
-
-
-# ----------------------------------------------------------------------------- end to end
-class Net(nn.Module):
-    """The source document's ``Net`` (conv 3→64, BN, ReLU), completed into a classifier."""
-
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, padding=1)
-        self.batch_norm1 = nn.BatchNorm2d(64)
-        self.conv2 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
-        self.batch_norm2 = nn.BatchNorm2d(128)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(128, classes)
-
-    def forward(self, x):
-        x = self.relu(self.batch_norm1(self.conv1(x)))
-        x = nn.functional.max_pool2d(x, 2)
-        x = self.relu(self.batch_norm2(self.conv2(x)))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                      if stride != 1 or cin != cout else nn.Identity())
-
-    def forward(self, x):
-        h = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(h)) + self.short(x))
-
-
-def small_resnet(classes: int = 10) -> nn.Module:
-    """A ResNet-style network: stem + three basic blocks (32, 64, 128 channels) + linear."""
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        _Block(32, 32, 1), _Block(32, 64, 2), _Block(64, 128, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, classes),
-    )
-
-
-def bench_end_to_end(cfg: BenchConfig) -> dict:
-    """Median SGD-step time of each model with torch BN vs bnlab BN (interleaved)."""
-    out = {}
-    for name, build in (("Net", Net), ("ResNet", small_resnet)):
-        torch.manual_seed(0)
-        x = torch.randn(cfg.e2e_batch, 3, cfg.e2e_size, cfg.e2e_size)
-        target = torch.randint(0, 10, (cfg.e2e_batch,))
-        variants = {"torch": build()}
-        variants["bnlab"] = bnlab.convert_model(build(), to="bnlab")
-        steps = {}
-        for v, model in variants.items():
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-            def step(model=model, opt=opt) -> float:
-                t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(model(x), target).backward()
-                opt.step()
-                return time.perf_counter() - t0
-            steps[v] = step
-        times = {v: [] for v in steps}
-        for r in range(cfg.warmup + cfg.reps):
-            for v in (list(steps) if r % 2 else list(steps)[::-1]):
-                t = steps[v]()
-                if r >= cfg.warmup:
-                    times[v].append(t)
-        res = {v: _summary(ts) for v, ts in times.items()}
-        res["speedup"] = res["torch"]["median_ms"] / res["bnlab"]["median_ms"]
-        out[name] = res
-    return out
-
-
-# ----------------------------------------------------------------------------- report
-def _geomean(vals) -> float | None:
-    vals = [v for v in vals if v]
-    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
-
-
-def targets(shapes: list[dict]) -> dict:
-    """The issue's targets, measured: fused fwd+bwd and eval speedups, efficiency, memory."""
-    def col(mode, peer, key):
-        return [s["modes"][mode][peer][key] for s in shapes if mode in s["modes"] and peer in s["modes"][mode]]
-
-    out = {}
-    fb = col("fwdbwd", "bnlab", "speedup_vs_aten")
-    if fb:
-        out["fwdbwd_geomean_speedup"] = _geomean(fb)
-        out["fwdbwd_min_speedup"] = min(fb)
-    ev = col("eval", "bnlab", "speedup_vs_aten")
-    if ev:
-        out["eval_geomean_speedup"] = _geomean(ev)
-    big = sorted((s for s in shapes if "fwdbwd" in s["modes"] and "bnlab" in s["modes"]["fwdbwd"]),
-                 key=lambda s: -s["bytes"])[:4]
-    if big:
-        out["fwdbwd_efficiency_4_largest"] = [s["modes"]["fwdbwd"]["bnlab"]["efficiency"] for s in big]
-    naive = [s["modes"]["fwdbwd"]["naive"]["median_ms"] / s["modes"]["fwdbwd"]["bnlab"]["median_ms"]
-             for s in shapes if "fwdbwd" in s["modes"] and {"naive", "bnlab"} <= set(s["modes"]["fwdbwd"])]
-    if naive:
-        out["fwdbwd_geomean_speedup_vs_naive"] = _geomean(naive)
-    if all("bnlab" in s["saved_bytes"] for s in shapes):
-        # input bytes + O(C): at most 8 per-channel float64 vectors on top of the input
-        out["saved_bytes_within_input_plus_O(C)"] = all(
-            s["saved_bytes"]["bnlab"] <= s["bytes"] + 8 * 8 * s["shape"][1] for s in shapes)
-    return out
-
-
-def format_table(results: dict) -> str:
-    """Markdown table: one row per shape × mode, median ms (speedup vs ATen) per peer."""
-    peers = results["config"]["peers"]
-    lines = ["| shape | mode | " + " | ".join(peers) + " | copy GB/s | bnlab eff. |",
-             "|" + "---|" * (len(peers) + 4)]
-    for s in results["shapes"]:
-        for mode, res in s["modes"].items():
-            cells = []
-            for p in peers:
-                r = res.get(p)
-                sp = r and r["speedup_vs_aten"]
-                cells.append("—" if r is None else f"{r['median_ms']:.3f} ({sp:.2f}×)" if sp else f"{r['median_ms']:.3f}")
-            eff = res.get("bnlab", {}).get("efficiency")
-            lines.append(f"| {_label(s['shape'], s['channels_last'])} | {mode} | " + " | ".join(cells)
-                         + f" | {s['copy_gbps']:.1f} | {'' if eff is None else f'{eff:.0%}'} |")
-    lines.append("")
-    lines.append("| shape | " + " | ".join(f"saved {p} (MB)" for p in peers) + " | input (MB) |")
-    lines.append("|" + "---|" * (len(peers) + 2))
-    for s in results["shapes"]:
-        lines.append(f"| {_label(s['shape'], s['channels_last'])} | "
-                     + " | ".join(f"{s['saved_bytes'].get(p, 0) / 1e6:.2f}" for p in peers)
-                     + f" | {s['bytes'] / 1e6:.2f} |")
-    for name, res in results.get("end_to_end", {}).items():
-        lines.append(f"\n{name} SGD step: torch {res['torch']['median_ms']:.2f} ms, "
-                     f"bnlab {res['bnlab']['median_ms']:.2f} ms, speedup {res['speedup']:.2f}×")
-    for k, v in results["targets"].items():
-        lines.append(f"- {k}: {v if not isinstance(v, float) else round(v, 3)}")
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict, path: Path) -> None:
-    """Bar chart: speedup over ATen per shape, one panel per mode, one bar per peer."""
-    from .plots import pyplot, save_figure
-
-    plt = pyplot()
-    modes = list(results["config"]["modes"])
-    peers = [p for p in results["config"]["peers"] if p != "aten"]
-    labels = [_label(s["shape"], s["channels_last"]) for s in results["shapes"]]
-    fig, axes = plt.subplots(len(modes), 1, figsize=(max(6, 1.3 * len(labels)), 2.8 * len(modes)), squeeze=False)
-    width = 0.8 / max(1, len(peers))
-    for ax, mode in zip(axes[:, 0], modes):
-        for i, p in enumerate(peers):
-            vals = [s["modes"][mode].get(p, {}).get("speedup_vs_aten") or 0.0 for s in results["shapes"]]
-            ax.bar([j + (i - (len(peers) - 1) / 2) * width for j in range(len(labels))], vals, width, label=p)
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(labels)), labels, fontsize=7)
-        ax.set_ylabel("speedup over ATen (×)")
-        ax.set_title(f"BatchNorm on CPU, {mode}: higher is faster")
-        ax.legend(fontsize=7)
-    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- entry points

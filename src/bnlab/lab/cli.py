@@ -62,6 +62,9 @@ def _build_parser() -> _Parser:
     rep.add_argument("--only", nargs="+", metavar="EXP", default=None,
                      help="run only these experiments")
     rep.add_argument("--resume", action="store_true", help="continue from existing checkpoints")
+    rep.add_argument("--force", action="store_true",
+                     help="rerun experiments whose finished results exist (default: reuse them, "
+                          "and resume unfinished ones from their checkpoints)")
 
     tr = sub.add_parser("train", help="train one model (torchrun-ready)",
                         description="Train a model on a dataset with a norm layer and optimizer. "
@@ -104,6 +107,8 @@ def _cmd_run(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from .experiments import experiments, run_experiment
+    from .report import write_reproduce_report
+    from .resume import finished_results, same_config
     from .summary import write_results_md
 
     registry = experiments()
@@ -118,8 +123,13 @@ def _cmd_reproduce(args) -> int:
             raise ConfigError(f"experiment {name} has no preset {args.preset!r}")
         print(f"[{i}/{len(names)}] {name} ({args.preset}): {exp.claim}", flush=True)
         try:
-            outcome = run_experiment(exp, exp.presets[args.preset], args.out / name,
-                                     preset=args.preset, resume=args.resume)
+            cfg, run_dir = exp.presets[args.preset], args.out / name
+            outcome = None if args.force else finished_results(run_dir, name, cfg, args.preset)
+            if outcome is not None:
+                print(f"    finished results found in {run_dir}/, reused (--force reruns)", flush=True)
+            else:
+                resume = args.resume or (not args.force and same_config(run_dir, name, cfg, args.preset))
+                outcome = run_experiment(exp, cfg, run_dir, preset=args.preset, resume=resume)
             print(exp.summarize(outcome, args.out / name), flush=True)
         except (ConfigError, RuntimeError, ValueError, OSError) as exc:
             failed += 1
@@ -127,7 +137,8 @@ def _cmd_reproduce(args) -> int:
             print(f"bnlab: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         entries.append((exp, outcome, name))
     md = write_results_md(args.out, entries, args.preset, time.perf_counter() - t0)
-    print(f"summary: {md}  (figures in {args.out}/<experiment>/)")
+    page = write_reproduce_report(args.out, entries, args.preset)
+    print(f"summary: {md}  report: {page}  (figures in {args.out}/<experiment>/)")
     return EXIT_FAILED if failed else 0
 
 
