@@ -10,11 +10,10 @@ asks for a graph of the backward (``create_graph=True``, double backward), the
 gradient is recomputed from the saved input with differentiable tensor ops that
 implement the same closed form, so gradgradcheck holds.
 
-The forwards and first-order backwards are the ``torch.library`` custom operators
-of :mod:`bnlab.kernels.ops` with their autograd registered here, so
-``torch.compile`` sees one node per BN layer (no graph break) and ``torch.export``
-traces a bnlab model; at run time each operator runs the backend that
-:func:`bnlab.kernels.select` picks.
+Forwards and first-order backwards call the ``torch.library`` custom operators of
+:mod:`bnlab.kernels.ops`, so ``torch.compile`` sees one opaque node per BN kernel
+(no graph break) and ``torch.export`` traces a bnlab model; at run time each
+operator runs the backend that :func:`bnlab.kernels.select` picks.
 """
 from __future__ import annotations
 
@@ -34,90 +33,76 @@ def _dtype(t):
     return None if t is None else t.dtype
 
 
-class BatchNormTrain:
+class BatchNormTrain(torch.autograd.Function):
     """y = γ·(x − μ_B)/sqrt(σ²_B + ε) + β with batch statistics (Alg. 1).
 
-    ``apply(x, weight, bias, eps) -> (y, mean, var)``; ``mean`` and the biased
-    ``var`` are returned (non-differentiable) for the running-statistics update.
-    The forward is the custom operator ``bnlab::batch_norm_train`` (one opaque node
-    for ``torch.compile``/``torch.export``); its gradient, Section 3's closed form,
-    is registered below. Saved for backward: x, γ, μ_B and σ²_B.
+    ``BatchNormTrain.apply(x, weight, bias, eps) -> (y, mean, var)``; ``mean`` and the
+    biased ``var`` are returned (non-differentiable) for the running-statistics
+    update. The forward runs the custom operator ``bnlab::batch_norm_train`` (one
+    opaque node for ``torch.compile``/``torch.export``); the backward is Section 3's
+    closed form through ``bnlab::batch_norm_backward``. Saved for backward: x, γ
+    and the two ``(C,)`` vectors μ_B and σ²_B.
     """
 
     @staticmethod
-    def apply(x, weight, bias, eps):
-        return ops.batch_norm_train(x, weight, bias, float(eps))
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, var = ops.batch_norm_train(x, weight, bias, float(eps))
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps = float(eps)
+        ctx.param_dtypes = (_dtype(weight), _dtype(bias))
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, weight, mean, var = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and weight is not None, ctx.needs_input_grad[2])
+        if not any(needs):
+            return None, None, None, None
+        if torch.is_grad_enabled():
+            # double backward requested: a differentiable rendering of the same formulas
+            dx, dw, db = _train_backward_composite(grad_out, x, weight, ctx.eps, needs)
+        else:
+            invstd = torch.rsqrt(var + ctx.eps)                      # σ⁻¹ = 1/sqrt(σ²_B + ε)  (C,)
+            dx, dw, db = ops.batch_norm_backward(grad_out, x, weight, mean, invstd, *needs)
+            dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
+        wd, bd = ctx.param_dtypes
+        return dx, _cast_grad(dw, wd), _cast_grad(db, bd), None
 
 
-class BatchNormEval:
+class BatchNormEval(torch.autograd.Function):
     """y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with fixed statistics (Alg. 2, step 11).
 
-    ``apply(x, mean, var, weight, bias, eps) -> y`` through the custom operator
-    ``bnlab::batch_norm_eval``. ``mean``/``var`` are constants: no gradient flows
-    to them. Saved for backward: x, γ, mean and σ⁻¹.
+    ``BatchNormEval.apply(x, mean, var, weight, bias, eps) -> y`` through the custom
+    operator ``bnlab::batch_norm_eval``. ``mean``/``var`` are constants: no gradient
+    flows to them. Saved for backward: x, γ, mean and σ⁻¹.
     """
 
     @staticmethod
-    def apply(x, mean, var, weight, bias, eps):
-        return ops.batch_norm_eval(x, mean, var, weight, bias, float(eps))
+    def forward(ctx, x, mean, var, weight, bias, eps):
+        y = ops.batch_norm_eval(x, mean, var, weight, bias, float(eps))
+        invstd = torch.rsqrt(var.to(stats_dtype(x.dtype)) + eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.param_dtypes = (_dtype(weight), _dtype(bias))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, invstd = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3] and weight is not None, ctx.needs_input_grad[4])
+        if not any(needs):
+            return (None,) * 6
+        if torch.is_grad_enabled():
+            dx, dw, db = _eval_backward_composite(grad_out, x, weight, mean, invstd, needs)
+        else:
+            dx, dw, db = ops.batch_norm_backward_eval(grad_out, x, weight, mean, invstd, *needs)
+            dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
+        wd, bd = ctx.param_dtypes
+        return dx, None, None, _cast_grad(dw, wd), _cast_grad(db, bd), None
 
 
 def _none_if_unneeded(g, need):
     return g if need else None
-
-
-# ----------------------------------------------------------------------------- Alg. 1 gradient
-def _train_setup(ctx, inputs, output):
-    x, weight, bias, eps = inputs
-    _y, mean, var = output
-    ctx.save_for_backward(x, weight, mean, var)
-    ctx.eps = eps
-    ctx.param_dtypes = (_dtype(weight), _dtype(bias))
-    ctx.mark_non_differentiable(mean, var)
-
-
-def _train_backward(ctx, grad_out, _grad_mean, _grad_var):
-    x, weight, mean, var = ctx.saved_tensors
-    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and weight is not None, ctx.needs_input_grad[2])
-    if not any(needs):
-        return None, None, None, None
-    if torch.is_grad_enabled():
-        # double backward requested: a differentiable rendering of the same formulas
-        dx, dw, db = _train_backward_composite(grad_out, x, weight, ctx.eps, needs)
-    else:
-        invstd = torch.rsqrt(var + ctx.eps)                          # σ⁻¹ = 1/sqrt(σ²_B + ε)  (C,)
-        dx, dw, db = ops.batch_norm_backward(grad_out, x, weight, mean, invstd, *needs)
-        dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
-    wd, bd = ctx.param_dtypes
-    return dx, _cast_grad(dw, wd), _cast_grad(db, bd), None
-
-
-ops.batch_norm_train.register_autograd(_train_backward, setup_context=_train_setup)
-
-
-# ----------------------------------------------------------------------------- Alg. 2 gradient
-def _eval_setup(ctx, inputs, output):
-    x, mean, var, weight, bias, eps = inputs
-    invstd = torch.rsqrt(var.detach().to(stats_dtype(x.dtype)) + eps)
-    ctx.save_for_backward(x, weight, mean, invstd)
-    ctx.param_dtypes = (_dtype(weight), _dtype(bias))
-
-
-def _eval_backward(ctx, grad_out):
-    x, weight, mean, invstd = ctx.saved_tensors
-    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3] and weight is not None, ctx.needs_input_grad[4])
-    if not any(needs):
-        return (None,) * 6
-    if torch.is_grad_enabled():
-        dx, dw, db = _eval_backward_composite(grad_out, x, weight, mean, invstd, needs)
-    else:
-        dx, dw, db = ops.batch_norm_backward_eval(grad_out, x, weight, mean, invstd, *needs)
-        dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
-    wd, bd = ctx.param_dtypes
-    return dx, None, None, _cast_grad(dw, wd), _cast_grad(db, bd), None
-
-
-ops.batch_norm_eval.register_autograd(_eval_backward, setup_context=_eval_setup)
 
 
 def _train_backward_composite(dy, x, weight, eps, needs):

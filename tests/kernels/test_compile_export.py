@@ -23,14 +23,11 @@ class _Small(torch.nn.Module):
         return self.bn1(h.mean(dim=(2, 3)))
 
 
-def _model(train: bool) -> _Small:
+def _model(train: bool, momentum=0.1) -> _Small:
+    """The default settings, non-finite guard included (it is branch-free when compiled)."""
     torch.manual_seed(0)
     m = _Small().train(train)
-    for mod in m.modules():
-        # the default non-finite guard reads a tensor as a Python bool (a data-dependent
-        # branch); with it off, a training step is branch-free
-        if hasattr(mod, "nonfinite_guard"):
-            mod.nonfinite_guard = False
+    m.bn2.momentum = momentum
     return m
 
 
@@ -86,3 +83,23 @@ def test_fake_implementations_match_real_outputs():
     for needs in [(True, True, True), (False, True, False)]:
         torch.library.opcheck(ops.batch_norm_backward, (torch.randn_like(x), x, w, real[1], inv, *needs))
         torch.library.opcheck(ops.batch_norm_backward_eval, (torch.randn_like(x), x, None, real[1], inv, *needs))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum=0.1", "momentum=None"])
+def test_compiled_guard_masks_nonfinite_batches(momentum):
+    """Under compile the guard is a mask: finite batches update as in eager, a NaN batch changes nothing."""
+    eager, compiled = _model(True, momentum), _model(True, momentum)
+    torch._dynamo.reset()
+    step = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    for i in range(3):
+        x = torch.randn(4, 3, 6, 6) + i
+        eager(x)
+        step(x)
+    torch.testing.assert_close(compiled.bn2.running_mean, eager.bn2.running_mean)
+    torch.testing.assert_close(compiled.bn2.running_var, eager.bn2.running_var)
+    before = {k: v.clone() for k, v in compiled.bn2.state_dict().items() if "running" in k or "num_" in k}
+    bad = torch.randn(4, 3, 6, 6)
+    bad[0, 0, 0, 0] = float("nan")
+    step(bad)
+    for k, v in before.items():
+        assert torch.equal(compiled.bn2.state_dict()[k], v), k

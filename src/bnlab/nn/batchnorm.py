@@ -194,6 +194,10 @@ class _BatchNorm(_NormBase):
     @torch.no_grad()
     def _track(self, mean: Tensor, var: Tensor, m: int) -> None:
         """Fold one batch's statistics into the running ones (in place, outside autograd)."""
+        if (torch.compiler.is_compiling() and m > 0
+                and type(self)._update_buffers is _BatchNorm._update_buffers):
+            self._track_traceable(mean, var, m)
+            return
         if m > 0 and self.nonfinite_guard and not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
             self.skipped_batches += 1
             if not self._warned_nonfinite:
@@ -212,6 +216,28 @@ class _BatchNorm(_NormBase):
         else:
             factor = self.momentum                                   # exponential moving average
         self._update_buffers(mean, var, m, factor)
+
+    def _track_traceable(self, mean: Tensor, var: Tensor, m: int) -> None:
+        """``_track`` without data-dependent Python branches, for ``torch.compile``/``export``.
+
+        The guard becomes a mask: a non-finite batch leaves the buffers and the count
+        as they were (``where``), but it cannot be counted in ``skipped_batches`` nor
+        warned about from inside a compiled graph.
+        """
+        if self.nonfinite_guard:
+            ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+        else:
+            ok = torch.ones((), dtype=torch.bool, device=mean.device)
+        self.num_batches_tracked.add_(ok.long())
+        rm, rv = self.running_mean, self.running_var
+        if self.momentum is None:                                    # cumulative moving average
+            w = ok.to(rm.dtype) / self.num_batches_tracked.clamp_min(1).to(rm.dtype)
+        else:                                                        # exponential moving average
+            w = ok.to(rm.dtype) * self.momentum
+        unbiased = var * (m / (m - 1)) if m > 1 else var
+        # running ← (1 − w)·running + w·statistic; a skipped batch contributes the running value itself
+        rm.lerp_(torch.where(ok, mean.to(rm.dtype), rm), w)
+        rv.lerp_(torch.where(ok, unbiased.to(rv.dtype), rv), w)
 
     def _update_buffers(self, mean: Tensor, var: Tensor, m: int, factor: float) -> None:
         """The moving-average step itself (variants such as Batch Renorm override it)."""
