@@ -77,12 +77,12 @@ def test_fake_implementations_match_real_outputs():
     x = torch.randn(5, 3, 4, 2).contiguous(memory_format=torch.channels_last)
     w, b = torch.rand(3), torch.randn(3)
     real = ops.batch_norm_train(x, w, b, 1e-5)
-    torch.library.opcheck(ops.batch_norm_train, (x, w, b, 1e-5))
-    torch.library.opcheck(ops.batch_norm_eval, (x, real[1], real[2], w, b, 1e-5))
+    torch.library.opcheck(ops.batch_norm_train.op, (x, w, b, 1e-5))
+    torch.library.opcheck(ops.batch_norm_eval.op, (x, real[1], real[2], w, b, 1e-5))
     inv = torch.rsqrt(real[2] + 1e-5)
     for needs in [(True, True, True), (False, True, False)]:
-        torch.library.opcheck(ops.batch_norm_backward, (torch.randn_like(x), x, w, real[1], inv, *needs))
-        torch.library.opcheck(ops.batch_norm_backward_eval, (torch.randn_like(x), x, None, real[1], inv, *needs))
+        torch.library.opcheck(ops.batch_norm_backward.op, (torch.randn_like(x), x, w, real[1], inv, *needs))
+        torch.library.opcheck(ops.batch_norm_backward_eval.op, (torch.randn_like(x), x, None, real[1], inv, *needs))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum=0.1", "momentum=None"])

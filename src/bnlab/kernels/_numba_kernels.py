@@ -131,13 +131,23 @@ def channel_sums(x, shift, table, per_channel):
         p1 = np.zeros((nblk, C), np.float64)                          # (blocks, C) partial sums
         p2 = np.zeros((nblk, C), np.float64)
         for t in prange(nblk):
+            a1 = np.zeros(C, np.float64)                              # this block's sums (C,)
+            a2 = np.zeros(C, np.float64)
             for i in range(t * ROW_BLOCK, min(A, (t + 1) * ROW_BLOCK)):
-                for c in range(C):
-                    k = shift[c]
-                    for j in range(B):
-                        d = np.float64(_ld(x, i, c, j, table)) - k
-                        p1[t, c] += d
-                        p2[t, c] += d * d
+                if B == 1:                                            # rows of C: vectorised over c
+                    for c in range(C):
+                        d = np.float64(_ld(x, i, c, 0, table)) - shift[c]
+                        a1[c] += d
+                        a2[c] += d * d
+                else:
+                    for c in range(C):
+                        k = shift[c]
+                        for j in range(B):
+                            d = np.float64(_ld(x, i, c, j, table)) - k
+                            a1[c] += d
+                            a2[c] += d * d
+            p1[t, :] = a1
+            p2[t, :] = a2
         for t in range(nblk):
             for c in range(C):
                 s1[c] += p1[t, c]
@@ -168,13 +178,23 @@ def grad_sums(dy, x, mean, table, per_channel):
         p1 = np.zeros((nblk, C), np.float64)                          # (blocks, C) partial sums
         p2 = np.zeros((nblk, C), np.float64)
         for t in prange(nblk):
+            a1 = np.zeros(C, np.float64)                              # this block's sums (C,)
+            a2 = np.zeros(C, np.float64)
             for i in range(t * ROW_BLOCK, min(A, (t + 1) * ROW_BLOCK)):
-                for c in range(C):
-                    mu = mean[c]
-                    for j in range(B):
-                        g = np.float64(_ld(dy, i, c, j, table))
-                        p1[t, c] += g
-                        p2[t, c] += g * (np.float64(_ld(x, i, c, j, table)) - mu)
+                if B == 1:                                            # rows of C: vectorised over c
+                    for c in range(C):
+                        g = np.float64(_ld(dy, i, c, 0, table))
+                        a1[c] += g
+                        a2[c] += g * (np.float64(_ld(x, i, c, 0, table)) - mean[c])
+                else:
+                    for c in range(C):
+                        mu = mean[c]
+                        for j in range(B):
+                            g = np.float64(_ld(dy, i, c, j, table))
+                            a1[c] += g
+                            a2[c] += g * (np.float64(_ld(x, i, c, j, table)) - mu)
+            p1[t, :] = a1
+            p2[t, :] = a2
         for t in range(nblk):
             for c in range(C):
                 s1[c] += p1[t, c]

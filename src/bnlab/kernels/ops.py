@@ -14,11 +14,19 @@ while eager calls run whichever backend :func:`bnlab.kernels.select` picks at ru
 time. A gradient that was not asked for comes back as an empty ``(0,)`` tensor
 (operators cannot return ``None``). The autograd formulas are registered in
 :mod:`bnlab._autograd`.
+
+The module-level names (``batch_norm_train`` …) are thin eager-first entry points:
+on plain tensors outside any tracing (no ``torch.compile``/``torch.export``, no
+dispatch or function mode, no functorch transform) they call the backend directly,
+skipping the custom-operator dispatcher (~30–200 µs per call, measured); otherwise
+they call the operator (``torch.ops.bnlab.<name>``, also exposed as ``<name>.op``).
+Both paths run the same backend function and return the same results.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import kernels as _kernels
 from .._stats import stats_dtype
@@ -39,35 +47,65 @@ def _grads_out(x, weight, dx, dw, db, need_dx, need_dw, need_db):
     return dx, dw, db
 
 
+def _plain_eager(*tensors) -> bool:
+    """True when no tracer/mode/transform could need to see the operator itself."""
+    return (
+        not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch._C._are_functorch_transforms_active()
+        and all(t is None or type(t) is Tensor for t in tensors)
+    )
+
+
+def _eager_first(op, impl):
+    """Entry point running ``impl`` directly in plain eager mode and ``op`` otherwise."""
+
+    def call(*args):
+        if _plain_eager(*args[:5]):
+            return impl(*args)
+        return op(*args)
+
+    call.op = op
+    call.__name__ = impl.__name__
+    call.__doc__ = impl.__doc__
+    return call
+
+
 # ----------------------------------------------------------------------------- training forward
-@torch.library.custom_op("bnlab::batch_norm_train", mutates_args=())
-def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def _batch_norm_train_impl(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Alg. 1: ``(y, μ_B, σ²_B)`` with the biased batch variance, statistics ``(C,)``."""
     y, mean, var = _kernels.select(x).forward_train(x, weight, bias, eps)
     return y, mean, var
 
 
-@batch_norm_train.register_fake
+_op_train = torch.library.custom_op("bnlab::batch_norm_train", mutates_args=())(_batch_norm_train_impl)
+batch_norm_train = _eager_first(_op_train, _batch_norm_train_impl)
+
+
+@_op_train.register_fake
 def _(x, weight, bias, eps):
     c, sd = x.shape[1], stats_dtype(x.dtype)
     return torch.empty_like(x), x.new_empty((c,), dtype=sd), x.new_empty((c,), dtype=sd)
 
 
 # ----------------------------------------------------------------------------- eval forward
-@torch.library.custom_op("bnlab::batch_norm_eval", mutates_args=())
-def batch_norm_eval(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+def _batch_norm_eval_impl(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """Alg. 2: ``y = γ·(x − mean)/sqrt(var + ε) + β`` with constant statistics."""
     return _kernels.select(x).forward_eval(x, mean, var, weight, bias, eps)
 
 
-@batch_norm_eval.register_fake
+_op_eval = torch.library.custom_op("bnlab::batch_norm_eval", mutates_args=())(_batch_norm_eval_impl)
+batch_norm_eval = _eager_first(_op_eval, _batch_norm_eval_impl)
+
+
+@_op_eval.register_fake
 def _(x, mean, var, weight, bias, eps):
     return torch.empty_like(x)
 
 
 # ----------------------------------------------------------------------------- backwards
-@torch.library.custom_op("bnlab::batch_norm_backward", mutates_args=())
-def batch_norm_backward(
+def _batch_norm_backward_impl(
     grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
     need_dx: bool, need_dw: bool, need_db: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,8 +115,7 @@ def batch_norm_backward(
     return _grads_out(x, weight, dx, dw, db, *needs)
 
 
-@torch.library.custom_op("bnlab::batch_norm_backward_eval", mutates_args=())
-def batch_norm_backward_eval(
+def _batch_norm_backward_eval_impl(
     grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
     need_dx: bool, need_dw: bool, need_db: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,5 +133,11 @@ def _fake_backward(grad_out, x, weight, mean, invstd, need_dx, need_dw, need_db)
     return dx, dw, db
 
 
-batch_norm_backward.register_fake(_fake_backward)
-batch_norm_backward_eval.register_fake(_fake_backward)
+_op_backward = torch.library.custom_op("bnlab::batch_norm_backward", mutates_args=())(_batch_norm_backward_impl)
+_op_backward_eval = torch.library.custom_op("bnlab::batch_norm_backward_eval", mutates_args=())(
+    _batch_norm_backward_eval_impl
+)
+_op_backward.register_fake(_fake_backward)
+_op_backward_eval.register_fake(_fake_backward)
+batch_norm_backward = _eager_first(_op_backward, _batch_norm_backward_impl)
+batch_norm_backward_eval = _eager_first(_op_backward_eval, _batch_norm_backward_eval_impl)

@@ -70,8 +70,14 @@ def _set_momentum(model: nn.Module, momentum: float) -> nn.Module:
 
 @torch.no_grad()
 def batch_stat_accuracy(model: nn.Module, x, y, batch_size: int) -> float:
-    """Accuracy when every test batch is normalized with its own statistics (a copy is used)."""
+    """Accuracy when every test batch is normalized with its own statistics (a copy is used).
+
+    The test set is visited in a fixed random order (seed 0): a split stored class by class
+    would otherwise give single-class batches, whose statistics are not the population's.
+    """
     net = copy.deepcopy(model).train()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
     correct = 0
     n = (len(x) // batch_size) * batch_size
     for i in range(0, n, batch_size):
