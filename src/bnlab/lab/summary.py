@@ -24,7 +24,7 @@ def results_markdown(entries: Sequence[tuple[Any, Any, str]], preset: str, secon
         "",
     ]
     for exp, outcome, rel in entries:
-        lines += [f"## {exp.name}", "", f"**Claim (Ioffe & Szegedy 2015).** {exp.claim}", ""]
+        lines += [f"## {exp.name}", "", f"**Claim.** {exp.claim}", ""]
         if isinstance(outcome, BaseException):
             msg = html.escape(f"{type(outcome).__name__}: {outcome}")
             lines += [f"**Failed:** {msg}", ""]
