@@ -21,6 +21,7 @@ cannot compile, this backend warns once and every call runs the reference.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -32,6 +33,26 @@ from . import reference
 NAME = "numba"
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _state = {"kernels": None, "error": None, "warned": False, "tables": {}}
+_LOCK = threading.Lock()
+_NUMBA: dict = {}                       # numba's pool size and set_num_threads, filled on first use
+
+
+def _prefer_workqueue() -> None:
+    """Use numba's ``workqueue`` threading layer unless the user chose one.
+
+    numba's default here is its OpenMP layer, a second libgomp runtime beside the one
+    torch bundles: two pools of spinning workers on the same cores, which made BN
+    20-200× slower in a conv+BN training step on 2 busy cores. workqueue workers
+    sleep when idle. Only possible before numba starts its pool.
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    import numba
+    from numba.np.ufunc import parallel
+
+    if not getattr(parallel, "_is_initialized", False):
+        numba.config.THREADING_LAYER = "workqueue"
+
 
 
 def _cache_dir_fallback() -> None:
@@ -77,7 +98,11 @@ def _kernels():
             if os.environ.get("BNLAB_DISABLE_NUMBA"):
                 raise ImportError("disabled by BNLAB_DISABLE_NUMBA")
             _cache_dir_fallback()
+            _prefer_workqueue()
             from . import _numba_kernels as k
+            import numba
+
+            _NUMBA.update(max=numba.config.NUMBA_NUM_THREADS, set=numba.set_num_threads, current={})
             _state["kernels"] = k
         except Exception as err:                                     # ImportError, numba config errors
             _disable(err)
@@ -159,29 +184,48 @@ def _like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _vec(t, n: int, fill: float) -> np.ndarray:
-    return np.full(n, fill, np.float64) if t is None else t.detach().to(torch.float64).numpy()
+    """A ``(C,)`` parameter as float64 numpy (``fill`` when absent); numpy casts, not ``Tensor.to``."""
+    if t is None:
+        return np.full(n, fill, np.float64)
+    t = t.detach()
+    if t.dtype in (torch.float32, torch.float64):
+        return t.numpy().astype(np.float64)
+    return t.to(torch.float64).numpy()
 
 
-# below this many elements one thread is faster than waking a pool (and gradcheck-sized
-# tensors stay cheap on a busy machine)
-SERIAL_BELOW = 1 << 15
+# Threads: below this many elements one thread beats waking a pool (measured on 2 cores:
+# a (256, 1024) reduction takes ~60 µs on one thread, more on two); above it, as many
+# threads as torch uses (``torch.set_num_threads``), capped by numba's pool size.
+SERIAL_BELOW = 1 << 20
+_NUMBA = {}
+
+
+def _threads(x: torch.Tensor) -> int:
+    if x.numel() < SERIAL_BELOW:
+        return 1
+    return max(1, min(torch.get_num_threads(), _NUMBA["max"]))
 
 
 def _setup(x: torch.Tensor):
-    import numba
-
-    threads = 1 if x.numel() < SERIAL_BELOW else min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(max(1, threads))
     layout = _layout(x)
     xv = _np3(x, layout)
-    per_channel = xv.shape[2] >= 32 and xv.shape[1] >= numba.get_num_threads()
+    per_channel = xv.shape[2] >= 32 and xv.shape[1] >= _threads(x)
     return layout, xv, per_channel
 
 
-def _run(fallback, fn, *args):
-    """Run ``fn``; on any kernel failure disable the backend (one warning) and use ``fallback``."""
+def _run(fallback, fn, x, *args):
+    """``fn(*args)`` with the thread count for input ``x``, one call at a time (numba's
+    workqueue pool is not re-entrant); on any kernel failure disable the backend (one
+    warning) and run the reference's ``fallback`` instead."""
+    if _kernels() is None:
+        return getattr(reference, fallback)(*args)
     try:
-        return fn(*args)
+        with _LOCK:
+            nt, tid = _threads(x), threading.get_ident()
+            if _NUMBA["current"].get(tid) != nt:                     # numba's count is per thread
+                _NUMBA["set"](nt)
+                _NUMBA["current"][tid] = nt
+            return fn(*args)
     except Exception as err:
         _disable(err)
         return getattr(reference, fallback)(*args)
@@ -190,7 +234,7 @@ def _run(fallback, fn, *args):
 # ----------------------------------------------------------------------------- contract
 def forward_train(x, weight, bias, eps):
     """Alg. 1 fused: ``(y, μ_B, σ²_B)`` in two passes over ``x`` (see :mod:`reference`)."""
-    return _run("forward_train", _forward_train, x, weight, bias, eps)
+    return _run("forward_train", _forward_train, x, x, weight, bias, eps)
 
 
 def _forward_train(x, weight, bias, eps):
@@ -201,30 +245,35 @@ def _forward_train(x, weight, bias, eps):
     first = xv[0, :, 0]                                              # per-channel shift k   (C,)
     shift = first.astype(np.float64) if xv.dtype.kind == "f" else tab[first.astype(np.int64) & 0xFFFF].astype(np.float64)
     s1, s2 = K.channel_sums(xv, shift, tab, per_channel)
-    # Alg. 1: μ_B = k + Σd/m,  σ²_B = (Σd² − (Σd)²/m)/m  with d = x − k  (float64)
-    mean = shift + s1 / m
-    var = np.maximum((s2 - s1 * s1 / m) / m, 0.0)
-    sd = stats_dtype(x.dtype)
-    mean_t = torch.from_numpy(mean).to(sd)
-    var_t = torch.from_numpy(var).to(sd)
-    invstd = 1.0 / np.sqrt(var_t.to(torch.float64).numpy() + eps)    # σ⁻¹ = 1/sqrt(σ²_B + ε)
-    y = _affine(x, layout, xv, per_channel, mean_t.to(torch.float64).numpy(), invstd, weight, bias)
-    return y, mean_t, var_t
+    # Alg. 1: μ_B = k + Σd/m,  σ²_B = (Σd² − (Σd)²/m)/m  with d = x − k  (float64), stored in
+    # the statistics dtype; the normalisation uses the stored (rounded) values
+    sd = np.float64 if x.dtype == torch.float64 else np.float32
+    mean = (shift + s1 / m).astype(sd)
+    var = np.maximum((s2 - s1 * s1 / m) / m, 0.0).astype(sd)
+    mean64 = mean.astype(np.float64)
+    invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)            # σ⁻¹ = 1/sqrt(σ²_B + ε)
+    y = _affine(x, layout, xv, mean64, invstd, weight, bias)
+    return y, torch.from_numpy(mean), torch.from_numpy(var)
 
 
 def forward_eval(x, mean, var, weight, bias, eps):
     """Alg. 2 fused: one read+write pass with the given statistics."""
-    return _run("forward_eval", _forward_eval, x, mean, var, weight, bias, eps)
+    return _run("forward_eval", _forward_eval, x, x, mean, var, weight, bias, eps)
+
+
+def _stat64(t: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """A statistic rounded to ``x``'s statistics dtype, as float64 numpy ``(C,)``."""
+    sd = np.float64 if x.dtype == torch.float64 else np.float32
+    return _vec(t, 0, 0.0).astype(sd).astype(np.float64)
 
 
 def _forward_eval(x, mean, var, weight, bias, eps):
-    layout, xv, per_channel = _setup(x)
-    sd = stats_dtype(x.dtype)
-    invstd = 1.0 / np.sqrt(var.detach().to(sd).to(torch.float64).numpy() + eps)
-    return _affine(x, layout, xv, per_channel, mean.detach().to(sd).to(torch.float64).numpy(), invstd, weight, bias)
+    layout, xv, _ = _setup(x)
+    invstd = 1.0 / np.sqrt(_stat64(var, x) + eps)
+    return _affine(x, layout, xv, _stat64(mean, x), invstd, weight, bias)
 
 
-def _affine(x, layout, xv, per_channel, mean, invstd, weight, bias):
+def _affine(x, layout, xv, mean, invstd, weight, bias):
     # Alg. 1: y = γ·(x − μ)·σ⁻¹ + β = (x − μ)·scale + β, scale = γσ⁻¹   (C,)
     c = x.shape[1]
     cd = _cdtype(x.dtype)
@@ -237,7 +286,11 @@ def _affine(x, layout, xv, per_channel, mean, invstd, weight, bias):
 
 def backward(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, True)):
     """Section 3 fused: one reduction pass over (dy, x), one pass writing dx."""
-    return _run("backward", _backward, grad_out, x, weight, mean, invstd, needs_input_grad)
+    return _run("backward", _backward, x, grad_out, x, weight, mean, invstd, needs_input_grad)
+
+
+def _param_dtype(x, weight):
+    return weight.dtype if weight is not None else stats_dtype(x.dtype)
 
 
 def _backward(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, True)):
@@ -248,8 +301,8 @@ def _backward(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, T
     dyv = _np3(dy, layout)
     tab = _table(x.dtype)
     c, m = x.shape[1], count_per_channel(x)
-    mu = mean.detach().to(torch.float64).numpy()
-    inv = invstd.detach().to(torch.float64).numpy()
+    mu = _vec(mean, c, 0.0)
+    inv = _vec(invstd, c, 1.0)
     s_dy, s_dyxc = K.grad_sums(dyv, xv, mu, tab, per_channel)         # Σdy, Σdy·(x − μ)   (C,)
     s_dyxhat = s_dyxc * inv                                          # Σdy·x̂
     dx = dw = db = None
@@ -259,7 +312,7 @@ def _backward(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, T
         dx = torch.empty_like(x)
         K.train_dx(dyv, xv, _np3(dx, layout), mu.astype(cd), g.astype(cd), (g * s_dy / m).astype(cd),
                    (g * inv * s_dyxhat / m).astype(cd), tab)
-    pd = weight.dtype if weight is not None else stats_dtype(x.dtype)
+    pd = _param_dtype(x, weight)
     if need_dw and weight is not None:
         dw = torch.from_numpy(s_dyxhat).to(pd)
     if need_db:
@@ -269,7 +322,7 @@ def _backward(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, T
 
 def backward_eval(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, True)):
     """Eval-mode gradient: dx = γσ⁻¹·dy in one pass; dγ, dβ from one reduction pass."""
-    return _run("backward_eval", _backward_eval, grad_out, x, weight, mean, invstd, needs_input_grad)
+    return _run("backward_eval", _backward_eval, x, grad_out, x, weight, mean, invstd, needs_input_grad)
 
 
 def _backward_eval(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, True)):
@@ -280,16 +333,16 @@ def _backward_eval(grad_out, x, weight, mean, invstd, needs_input_grad=(True, Tr
     dyv = _np3(dy, layout)
     tab = _table(x.dtype)
     c = x.shape[1]
-    inv = invstd.detach().to(torch.float64).numpy()
+    inv = _vec(invstd, c, 1.0)
     dx = dw = db = None
     if need_dx:
         cd = _cdtype(x.dtype)
         dx = torch.empty_like(x)
         zero = np.zeros(c, cd)
         K.affine(dyv, _np3(dx, layout), zero, (inv * _vec(weight, c, 1.0)).astype(cd), zero, tab)
-    pd = weight.dtype if weight is not None else stats_dtype(x.dtype)
+    pd = _param_dtype(x, weight)
     if need_db or (need_dw and weight is not None):
-        s_dy, s_dyxc = K.grad_sums(dyv, xv, mean.detach().to(torch.float64).numpy(), tab, per_channel)
+        s_dy, s_dyxc = K.grad_sums(dyv, xv, _vec(mean, c, 0.0), tab, per_channel)
         if need_dw and weight is not None:
             dw = torch.from_numpy(s_dyxc * inv).to(pd)
         if need_db:
