@@ -26,12 +26,29 @@ on store; float32 math in between.
 """
 from __future__ import annotations
 
+from types import FunctionType, SimpleNamespace
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
 _OPTS = dict(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+_SERIAL_OPTS = dict(_OPTS, parallel=False)
 ROW_BLOCK = 64           # rows per block in the row-wise reductions
+serial = SimpleNamespace()  # single-threaded builds of every kernel, same names
+
+
+def _parallel_and_serial(fn):
+    """Compile ``fn`` twice: multithreaded (returned) and single-threaded (``serial.<name>``).
+
+    The serial build never touches numba's thread pool, so a small call costs microseconds
+    and never waits on (or competes with) sleeping or spinning workers; ``prange`` is a plain
+    ``range`` there. A renamed copy keeps the two on-disk cache entries apart.
+    """
+    copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "_serial"
+    setattr(serial, fn.__name__, njit(**_SERIAL_OPTS)(copy))
+    return njit(**_OPTS)(fn)
 
 
 # ----------------------------------------------------------------------------- element access
@@ -105,7 +122,7 @@ def _st_impl(a, i, j, k, v):
 
 
 # ----------------------------------------------------------------------------- reductions
-@njit(**_OPTS)
+@_parallel_and_serial
 def channel_sums(x, shift, table, per_channel):
     """Shifted sums per channel: ``s1 = Σ(x − k)`` and ``s2 = Σ(x − k)²``, float64 ``(C,)``.
 
@@ -155,7 +172,7 @@ def channel_sums(x, shift, table, per_channel):
     return s1, s2
 
 
-@njit(**_OPTS)
+@_parallel_and_serial
 def grad_sums(dy, x, mean, table, per_channel):
     """Section 3's reductions, float64 ``(C,)``: ``Σ dy`` and ``Σ dy·(x − μ)``."""
     A, C, B = x.shape
@@ -203,7 +220,7 @@ def grad_sums(dy, x, mean, table, per_channel):
 
 
 # ----------------------------------------------------------------------------- element-wise passes
-@njit(**_OPTS)
+@_parallel_and_serial
 def affine(x, out, center, scale, offset, table):
     """``out = (x − center)·scale + offset`` per channel (Alg. 1 line 3-4 folded; also eval dx)."""
     A, C, B = x.shape
@@ -222,7 +239,7 @@ def affine(x, out, center, scale, offset, table):
                 _st(out, i, c, j, (_ld(x, i, c, j, table) - mu) * s + o)
 
 
-@njit(**_OPTS)
+@_parallel_and_serial
 def train_dx(dy, x, dx, mean, a, b, k, table):
     """Section 3's input gradient, one pass: ``dx = a·dy − b − k·(x − μ)`` per channel.
 

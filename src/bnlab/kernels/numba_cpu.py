@@ -37,24 +37,6 @@ _LOCK = threading.Lock()
 _NUMBA: dict = {}                       # numba's pool size and set_num_threads, filled on first use
 
 
-def _prefer_workqueue() -> None:
-    """Use numba's ``workqueue`` threading layer unless the user chose one.
-
-    numba's default here is its OpenMP layer, a second libgomp runtime beside the one
-    torch bundles: two pools of spinning workers on the same cores, which made BN
-    20-200× slower in a conv+BN training step on 2 busy cores. workqueue workers
-    sleep when idle. Only possible before numba starts its pool.
-    """
-    if os.environ.get("NUMBA_THREADING_LAYER"):
-        return
-    import numba
-    from numba.np.ufunc import parallel
-
-    if not getattr(parallel, "_is_initialized", False):
-        numba.config.THREADING_LAYER = "workqueue"
-
-
-
 def _cache_dir_fallback() -> None:
     """Point numba's cache at a user cache dir when the package dir is read-only."""
     if os.environ.get("NUMBA_CACHE_DIR"):
@@ -98,7 +80,6 @@ def _kernels():
             if os.environ.get("BNLAB_DISABLE_NUMBA"):
                 raise ImportError("disabled by BNLAB_DISABLE_NUMBA")
             _cache_dir_fallback()
-            _prefer_workqueue()
             from . import _numba_kernels as k
             import numba
 
@@ -213,6 +194,12 @@ def _setup(x: torch.Tensor):
     return layout, xv, per_channel
 
 
+def _k(x: torch.Tensor):
+    """The kernel set for ``x``: the serial builds below ``SERIAL_BELOW`` elements."""
+    k = _kernels()
+    return k.serial if _threads(x) == 1 else k
+
+
 def _run(fallback, fn, x, *args):
     """``fn(*args)`` with the thread count for input ``x``, one call at a time (numba's
     workqueue pool is not re-entrant); on any kernel failure disable the backend (one
@@ -222,7 +209,7 @@ def _run(fallback, fn, x, *args):
     try:
         with _LOCK:
             nt, tid = _threads(x), threading.get_ident()
-            if _NUMBA["current"].get(tid) != nt:                     # numba's count is per thread
+            if nt > 1 and _NUMBA["current"].get(tid) != nt:                     # numba's count is per thread
                 _NUMBA["set"](nt)
                 _NUMBA["current"][tid] = nt
             return fn(*args)
@@ -238,7 +225,7 @@ def forward_train(x, weight, bias, eps):
 
 
 def _forward_train(x, weight, bias, eps):
-    K = _kernels()
+    K = _k(x)
     layout, xv, per_channel = _setup(x)
     tab = _table(x.dtype)
     m = count_per_channel(x)
@@ -280,7 +267,7 @@ def _affine(x, layout, xv, mean, invstd, weight, bias):
     scale = (invstd * _vec(weight, c, 1.0)).astype(cd)
     offset = _vec(bias, c, 0.0).astype(cd)
     y = torch.empty_like(x)
-    _kernels().affine(xv, _np3(y, layout), mean.astype(cd), scale, offset, _table(x.dtype))
+    _k(x).affine(xv, _np3(y, layout), mean.astype(cd), scale, offset, _table(x.dtype))
     return y
 
 
@@ -295,7 +282,7 @@ def _param_dtype(x, weight):
 
 def _backward(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, True)):
     need_dx, need_dw, need_db = needs_input_grad
-    K = _kernels()
+    K = _k(x)
     layout, xv, per_channel = _setup(x)
     dy = _like(x, grad_out)
     dyv = _np3(dy, layout)
@@ -327,7 +314,7 @@ def backward_eval(grad_out, x, weight, mean, invstd, needs_input_grad=(True, Tru
 
 def _backward_eval(grad_out, x, weight, mean, invstd, needs_input_grad=(True, True, True)):
     need_dx, need_dw, need_db = needs_input_grad
-    K = _kernels()
+    K = _k(x)
     layout, xv, per_channel = _setup(x)
     dy = _like(x, grad_out)
     dyv = _np3(dy, layout)

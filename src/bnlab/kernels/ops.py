@@ -47,6 +47,9 @@ def _grads_out(x, weight, dx, dw, db, need_dx, need_dw, need_db):
     return dx, dw, db
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)                 # tensor types with no __torch_function__ override
+
+
 def _plain_eager(*tensors) -> bool:
     """True when no tracer/mode/transform could need to see the operator itself."""
     return (
@@ -54,7 +57,7 @@ def _plain_eager(*tensors) -> bool:
         and _get_current_dispatch_mode() is None
         and not torch._C._is_torch_function_mode_enabled()
         and not torch._C._are_functorch_transforms_active()
-        and all(t is None or type(t) is Tensor for t in tensors)
+        and all(type(t) in _PLAIN for t in tensors if isinstance(t, Tensor))
     )
 
 

@@ -52,7 +52,7 @@ class BatchSizeConfig:
 
 
 PRESETS = {
-    "quick": BatchSizeConfig(),
+    "quick": BatchSizeConfig(batch_sizes=(2, 4, 8, 32, 128), epochs=1, train_limit=1000),
     "tiny": BatchSizeConfig(batch_sizes=(2, 32), norms=("batch", "group"), epochs=1, train_limit=128,
                             widths=(4, 8), hidden=16, ckpt_every=0),
     # GN paper protocol is ResNet-50/ImageNet; stand-in: CIFAR-10, 10 epochs, three seeds

@@ -22,7 +22,7 @@ import bnlab
 from torch import nn
 from torch.nn import functional as F
 
-from ..claims_common import load_data, pyplot, save_figure, seeded
+from ..claims_common import kaiming_init, load_data, pyplot, save_figure, seeded
 from ..config import check
 from ..data import BatchLoader
 from ..measure import internal_covariate_shift, loss_closure, named_params
@@ -55,7 +55,7 @@ class IcsConfig:
 
 
 PRESETS = {
-    "quick": IcsConfig(),
+    "quick": IcsConfig(steps=200, measure_every=25, ckpt_every=100),  # Kaiming init (claims_common)
     "tiny": IcsConfig(steps=20, measure_every=10, widths=(4, 8), batch_size=32, train_limit=500, ckpt_every=0),
     # Santurkar et al.: VGG on CIFAR-10, SGD (their Fig. 2 / Fig. 3 settings: lr 0.1)
     "paper": IcsConfig(dataset="cifar10", steps=15000, batch_size=128, lr=0.1, measure_every=200,
@@ -94,7 +94,7 @@ def run(cfg: IcsConfig, out_dir: str | Path, resume: bool = False) -> dict[str, 
     runs: dict[str, list[dict]] = {}
     for net, norm in NETWORKS.items():
         for seed in cfg.seeds:
-            model = seeded(seed, lambda: SmallVGG(norm, in_channels=in_ch, widths=cfg.widths))
+            model = seeded(seed, lambda: kaiming_init(SmallVGG(norm, in_channels=in_ch, widths=cfg.widths)))
             loop = LoopConfig(optimizer="sgd", lr=cfg.lr, momentum=0.0, steps=cfg.steps, batch_size=cfg.batch_size,
                               eval_every=cfg.measure_every, ckpt_every=cfg.ckpt_every, seed=seed)
             runs.setdefault(net, []).append(

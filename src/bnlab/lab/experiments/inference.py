@@ -52,7 +52,7 @@ class InferenceConfig:
 
 
 PRESETS = {
-    "quick": InferenceConfig(),
+    "quick": InferenceConfig(momenta=(0.001, 0.01, 0.1), steps=300, recal_batches=40, ckpt_every=150),
     "tiny": InferenceConfig(momenta=(0.001, 0.5), steps=30, recal_batches=5, widths=(4, 8), hidden=16,
                             train_limit=500, ckpt_every=0),
     "paper": InferenceConfig(dataset="cifar10", steps=20000, batch_size=64, lr=0.05, widths=(32, 64), hidden=256,

@@ -19,7 +19,7 @@ from typing import Any
 import bnlab
 from torch.nn import functional as F
 
-from ..claims_common import load_data, pyplot, save_figure, seeded
+from ..claims_common import kaiming_init, load_data, pyplot, save_figure, seeded
 from ..config import check
 from ..data import BatchLoader
 from ..measure import loss_closure, named_params, probe_along_gradient
@@ -53,7 +53,8 @@ class LandscapeConfig:
 
 
 PRESETS = {
-    "quick": LandscapeConfig(),
+    "quick": LandscapeConfig(steps=200, probe_every=25, ckpt_every=100,
+                              multipliers=(0.5, 1.0, 2.0, 3.0, 4.0)),  # Kaiming init (claims_common)
     "tiny": LandscapeConfig(steps=20, probe_every=10, multipliers=(0.5, 2.0, 4.0), train_limit=500,
                             widths=(4, 8), batch_size=32, ckpt_every=0),
     # Santurkar et al.: VGG on CIFAR-10, plain SGD, lr 0.1 (their Fig. 4 also shows 0.5)
@@ -83,7 +84,7 @@ def run(cfg: LandscapeConfig, out_dir: str | Path, resume: bool = False) -> dict
     for net in NETWORKS:
         for seed in cfg.seeds:
             norm = bnlab.BatchNorm2d if net == "BN" else None
-            model = seeded(seed, lambda: SmallVGG(norm, in_channels=in_ch, widths=cfg.widths))
+            model = seeded(seed, lambda: kaiming_init(SmallVGG(norm, in_channels=in_ch, widths=cfg.widths)))
             loop = LoopConfig(optimizer="sgd", lr=cfg.lr, momentum=0.0, steps=cfg.steps,
                               batch_size=cfg.batch_size, eval_every=cfg.probe_every,
                               ckpt_every=cfg.ckpt_every, seed=seed)
