@@ -13,5 +13,8 @@ def test_landscape_tiny_run(tmp_path):
         for rec in runs[0]["history"]:  # L(w) itself lies inside the recorded range
             assert rec["probe_loss_min"] <= rec["probe_loss_max"]
     s = res["summary"]
-    # the claim on a fixed seed: with BN the loss varies less along the gradient
-    assert s["BN"]["median_loss_range"] < s["no-BN"]["median_loss_range"]
+    # the claim on a fixed seed: with BN the gradient changes less along the gradient direction
+    # (more predictive) and the effective β-smoothness is lower. (The loss-range comparison
+    # needs the no-BN network to have left its initial plateau: the quick preset shows it.)
+    assert s["BN"]["median_grad_change_max"] < s["no-BN"]["median_grad_change_max"]
+    assert s["BN"]["median_beta"] < s["no-BN"]["median_beta"]

@@ -31,7 +31,9 @@ def load_data(dataset: str, data_dir: str | None = None, download: bool = False,
     xtr, ytr = load_dataset(dataset, "train", data_dir=data_dir, download=download)
     xte, yte = load_dataset(dataset, "test", data_dir=data_dir, download=download)
     if train_limit:
-        xtr, ytr = xtr[:train_limit], ytr[:train_limit]
+        # a fixed random subset: the stored splits are ordered by class, so a prefix is not a sample
+        keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:train_limit]
+        xtr, ytr = xtr[keep], ytr[keep]
     xtr, xte = standardize(xtr, xte)
     return (xtr, ytr), (xte, yte)
 
