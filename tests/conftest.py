@@ -80,3 +80,14 @@ def tolerances(dtype: torch.dtype) -> dict:
         torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
         torch.float16: dict(rtol=4e-3, atol=4e-3),
     }[dtype]
+
+
+@pytest.fixture
+def reference_kernels():
+    """The reference kernels on one thread: for tests of the lab, not of kernel speed."""
+    previous, threads = bnlab.get_backend(), torch.get_num_threads()
+    bnlab.set_backend("reference")
+    torch.set_num_threads(1)  # tiny models: one thread is faster and immune to a busy machine
+    yield
+    bnlab.set_backend(previous)
+    torch.set_num_threads(threads)

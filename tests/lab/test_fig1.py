@@ -18,14 +18,7 @@ from bnlab.lab.train import LoopConfig, fit
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _reference_kernels():
-    previous, threads = bnlab.get_backend(), torch.get_num_threads()
-    bnlab.set_backend("reference")
-    torch.set_num_threads(1)  # tiny models: one thread is faster and immune to a busy machine
-    yield
-    bnlab.set_backend(previous)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("reference_kernels")
 
 
 @pytest.fixture(scope="module")

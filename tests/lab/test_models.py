@@ -10,15 +10,7 @@ from bnlab.lab.models import BNInception, MnistMLP, build_model, count_params, m
 from bnlab.lab.models.inception import INCEPTION_TABLE
 
 
-@pytest.fixture(autouse=True)
-def _reference_kernels():
-    """The reference kernels: these tests check the lab, not kernel speed (and skip JIT warm-up)."""
-    previous, threads = bnlab.get_backend(), torch.get_num_threads()
-    bnlab.set_backend("reference")
-    torch.set_num_threads(1)  # tiny models: one thread is faster and immune to a busy machine
-    yield
-    bnlab.set_backend(previous)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("reference_kernels")
 
 
 @pytest.mark.parametrize("name,in_shape,classes", [

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-import bnlab
 
 from bnlab.lab.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.lab.metrics import MetricsLog, read_metrics, truncate_after
@@ -17,15 +16,7 @@ from bnlab.lab.runfiles import atomic_write
 from bnlab.lab.train import LoopConfig, fit, steps_to_reach
 
 
-@pytest.fixture(autouse=True)
-def _reference_kernels():
-    """The reference kernels: these tests check the lab, not kernel speed (and skip JIT warm-up)."""
-    previous, threads = bnlab.get_backend(), torch.get_num_threads()
-    bnlab.set_backend("reference")
-    torch.set_num_threads(1)  # tiny models: one thread is faster and immune to a busy machine
-    yield
-    bnlab.set_backend(previous)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("reference_kernels")
 
 
 def _data(n=240, n_test=60, seed=0):
