@@ -53,7 +53,7 @@ class BatchSizeConfig:
 
 
 PRESETS = {
-    "quick": BatchSizeConfig(batch_sizes=(2, 4, 8, 32, 128), epochs=1, train_limit=1000),
+    "quick": BatchSizeConfig(batch_sizes=(2, 4, 8, 32, 128), epochs=2, train_limit=2000),
     "tiny": BatchSizeConfig(batch_sizes=(2, 32), norms=("batch", "group"), epochs=1, train_limit=128,
                             widths=(4, 8), hidden=16, ckpt_every=0),
     # GN paper protocol is ResNet-50/ImageNet; stand-in: CIFAR-10, 10 epochs, three seeds
@@ -62,7 +62,12 @@ PRESETS = {
 }
 
 
-def _norm(name: str, cfg: BatchSizeConfig):
+def _norm(name: str, cfg: BatchSizeConfig, steps: int):
+    if name == "renorm":
+        # the paper's schedule (BN for 5k steps, r_max at 40k, d_max at 25k) in proportion to
+        # this run's length: 5%, 40% and 25% of its steps
+        return bnlab.get_norm_layer("renorm", warmup_steps=steps // 20, r_max_steps=max(1, int(0.4 * steps)),
+                                    d_max_steps=max(1, int(0.25 * steps)))
     if name == "ghost":
         return bnlab.get_norm_layer("ghost", virtual_batch_size=cfg.ghost_batch)
     if name == "group":
@@ -81,8 +86,9 @@ def run(cfg: BatchSizeConfig, out_dir: str | Path, resume: bool = False) -> dict
     for name in cfg.norms:
         for bs in cfg.batch_sizes:
             for seed in cfg.seeds:
-                model = seeded(seed, lambda: small_cnn(_norm(name, cfg), "relu", 0.0, cfg.widths, cfg.hidden, in_shape))
                 steps = cfg.epochs * (len(train[0]) // bs)
+                model = seeded(seed, lambda: small_cnn(_norm(name, cfg, steps), "relu", 0.0, cfg.widths, cfg.hidden,
+                                                       in_shape))
                 loop = LoopConfig(optimizer="sgd", lr=cfg.lr_at_32 * bs / 32, momentum=cfg.momentum, steps=steps,
                                   batch_size=bs, eval_every=steps, ckpt_every=cfg.ckpt_every, seed=seed)
                 res = fit(model, train, test, loop, out_dir, tag=f"{name}/b{bs}/seed{seed}", resume=resume,
@@ -147,7 +153,9 @@ def report_section(results: dict[str, Any], run_dir: Path) -> Section:
         deviations=("A small CNN on MNIST for a fixed number of epochs instead of ResNet-50 on ImageNet.",
                     "One process: the batch is the per-GPU batch of the paper; lr scaled linearly from batch 32.",
                     "Ghost BN uses ghost batches of 16 (equal to BN at batches ≤ 16).",
-                    "GroupNorm with 16 channels per group (the paper: G = 32 groups), the layers being narrow."),
+                    "GroupNorm with 16 channels per group (the paper: G = 32 groups), the layers being narrow.",
+                    "Batch Renorm's schedule scaled to each run: plain BN for 5% of the steps, r_max = 3 at 40%, "
+                    "d_max = 5 at 25% (the paper: 5k / 40k / 25k steps)."),
         run_dir=str(run_dir),
     )
 

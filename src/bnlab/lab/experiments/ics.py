@@ -55,7 +55,7 @@ class IcsConfig:
 
 
 PRESETS = {
-    "quick": IcsConfig(steps=200, measure_every=25, ckpt_every=100),  # Kaiming init (claims_common)
+    "quick": IcsConfig(steps=600, measure_every=50, ckpt_every=200),  # Kaiming init (claims_common)
     "tiny": IcsConfig(steps=20, measure_every=10, widths=(4, 8), batch_size=32, train_limit=500, ckpt_every=0),
     # Santurkar et al.: VGG on CIFAR-10, SGD (their Fig. 2 / Fig. 3 settings: lr 0.1)
     "paper": IcsConfig(dataset="cifar10", steps=15000, batch_size=128, lr=0.1, measure_every=200,

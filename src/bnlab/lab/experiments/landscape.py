@@ -53,7 +53,7 @@ class LandscapeConfig:
 
 
 PRESETS = {
-    "quick": LandscapeConfig(steps=200, probe_every=25, ckpt_every=100,
+    "quick": LandscapeConfig(steps=400, probe_every=40, ckpt_every=200,
                               multipliers=(0.5, 1.0, 2.0, 3.0, 4.0)),  # Kaiming init (claims_common)
     "tiny": LandscapeConfig(steps=20, probe_every=10, multipliers=(0.5, 2.0, 4.0), train_limit=500,
                             widths=(4, 8), batch_size=32, ckpt_every=0),

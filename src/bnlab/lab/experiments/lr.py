@@ -71,7 +71,7 @@ class LrConfig:
 
 
 PRESETS = {
-    "quick": LrConfig(steps=200, lr_step=150, eval_every=20, ckpt_every=100),
+    "quick": LrConfig(steps=600, lr_step=450, eval_every=20, ckpt_every=200),
     "tiny": LrConfig(steps=40, eval_every=10, ckpt_every=20, seeds=(0,), train_limit=600,
                      variants=("no-BN", "BN", "BN-x5"), lr_step=40),
     # Inception/ImageNet stand-in: the same protocol, CIFAR-10, longer, three seeds
