@@ -135,35 +135,13 @@ class _BatchNorm(_NormBase):
     warns once. For finite input the behaviour is exactly PyTorch's.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        bias: bool = True,
-    ) -> None:
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
-        )
-        self.use_batch_stats: bool | None = None
-        self.update_running_stats: bool | None = None
-        self.nonfinite_guard: bool = True
-        self.skipped_batches: int = 0
-        self._warned_nonfinite = False
-
-    def __setstate__(self, state):
-        # modules pickled by older versions lack the policy attributes
-        state.setdefault("use_batch_stats", None)
-        state.setdefault("update_running_stats", None)
-        state.setdefault("nonfinite_guard", True)
-        state.setdefault("skipped_batches", 0)
-        state.setdefault("_warned_nonfinite", False)
-        super().__setstate__(state)
+    # Policy defaults live on the class: an instance (or an old pickle) that never set
+    # them reads these; assigning on an instance overrides them for that layer only.
+    use_batch_stats: bool | None = None
+    update_running_stats: bool | None = None
+    nonfinite_guard: bool = True
+    skipped_batches: int = 0
+    _warned_nonfinite: bool = False
 
     def _uses_batch_stats(self) -> bool:
         if self.use_batch_stats is not None:
