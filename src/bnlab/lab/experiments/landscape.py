@@ -173,7 +173,8 @@ def report_section(results: dict[str, Any], run_dir: Path) -> Section:
         figures=tuple(p for p in [Path(run_dir) / "landscape.png"] if p.exists()),
         checks=tuple(checks),
         deviations=("A small VGG-style CNN on MNIST instead of VGG on CIFAR-10 (paper preset: CIFAR-10).",
-                    "Probes on the minibatch of the next step at the step sizes in config.json (multipliers of lr in [0.5, 4]); the paper does not state its grid.",
+                    "Probes on the minibatch of the next step at the step sizes in config.json "
+                    "(multipliers of lr in [0.5, 4]); the paper does not state its grid.",
                     "One learning rate (the paper also shows lr 0.5)."),
         run_dir=str(run_dir),
     )
