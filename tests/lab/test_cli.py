@@ -12,7 +12,7 @@ from bnlab.lab.cli import main
 from bnlab.lab.config import ConfigError, apply_overrides, config_from_dict, config_to_dict
 from bnlab.lab.experiments import experiments
 from bnlab.lab.experiments.fig1 import PRESETS, Fig1Config
-from bnlab.lab.runfiles import read_json
+from bnlab.lab.runs.runfiles import read_json
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import bnlab
-from bnlab.lab.checkpoint import load_checkpoint
-from bnlab.lab.runfiles import read_json
+from bnlab.lab.runs.checkpoint import load_checkpoint
+from bnlab.lab.runs.runfiles import read_json
 from bnlab.lab.train_job import TrainConfig, run_training
 
 pytestmark = pytest.mark.distributed

@@ -12,7 +12,7 @@ from bnlab.lab.experiments import get_experiment, run_experiment
 from bnlab.lab.experiments.fig1 import PRESETS, Fig1Config, sigmoid_input_probe
 from bnlab.lab.metrics import read_metrics
 from bnlab.lab.models import MnistMLP, norm_factory
-from bnlab.lab.runfiles import read_json
+from bnlab.lab.runs.runfiles import read_json
 from bnlab.lab.train import LoopConfig, fit
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 
-from bnlab.lab.checkpoint import load_checkpoint, save_checkpoint
+from bnlab.lab.runs.checkpoint import load_checkpoint, save_checkpoint
 from bnlab.lab.metrics import MetricsLog, read_metrics, truncate_after
 from bnlab.lab.models import MnistMLP, norm_factory
 from bnlab.lab.optim import learning_rate
 from bnlab.lab.progress import progress_enabled
-from bnlab.lab.runfiles import atomic_write
+from bnlab.lab.runs.runfiles import atomic_write
 from bnlab.lab.train import LoopConfig, fit, steps_to_reach
 
 

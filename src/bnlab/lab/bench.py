@@ -38,7 +38,7 @@ import bnlab
 from .config import ConfigError, add_config_flags, apply_overrides, check, config_to_dict, overrides_from_args
 from .bench_e2e import Net, bench_end_to_end, small_resnet
 from .bench_report import _label, format_table, plot, targets
-from .runfiles import write_json, write_text
+from .runs.runfiles import write_json, write_text
 
 __all__ = ["BenchConfig", "PRESETS", "run", "main", "NaiveBatchNorm", "parse_shapes", "summary",
            "Net", "small_resnet"]

@@ -106,7 +106,7 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from .runfiles import atomic_write
+    from .runs.runfiles import atomic_write
 
     path = Path(path)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"), mode="wb")

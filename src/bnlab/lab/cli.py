@@ -108,7 +108,7 @@ def _cmd_run(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .experiments import experiments, run_experiment
     from .report import write_reproduce_report
-    from .resume import finished_results, same_config
+    from .runs.resume import finished_results, same_config
     from .summary import write_results_md
 
     registry = experiments()

@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runfiles import run_metadata, write_text
+from .runs.runfiles import run_metadata, write_text
 
 __all__ = ["results_markdown", "write_results_md"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..config import config_to_dict
-from ..runfiles import run_metadata, write_json
+from ..runs.runfiles import run_metadata, write_json
 
 __all__ = ["Experiment", "experiments", "get_experiment", "run_experiment"]
 

@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only (model
 optimizer ``state_dict``, step, RNG state, evaluation history), so it loads with
 ``torch.load(..., weights_only=True)``: no pickled code runs when a checkpoint is read.
 Writes go to a temp file beside the target and are renamed into place
-(:func:`bnlab.lab.runfiles.atomic_write`), so a run killed while saving leaves the
+(:func:`bnlab.lab.runs.runfiles.atomic_write`), so a run killed while saving leaves the
 previous checkpoint intact.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import config_to_dict
+from ..config import config_to_dict
 from .runfiles import jsonable
 
 __all__ = ["finished_results", "same_config"]

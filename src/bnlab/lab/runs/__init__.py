@@ -1,0 +1,1 @@
+"""Run folders: atomic files, hashed checkpoints, the lock on ``--out``, resume and reuse."""
