@@ -8,9 +8,6 @@ from torch import nn
 
 from bnlab.lab.measure import internal_covariate_shift, loss_closure, named_params, probe_along_gradient
 from bnlab.lab.measure.landscape import quadratic_closure
-from bnlab.lab.nn_noisy import (
-    NoisyBatchNorm2d, apply_noise, hold_noise, resample_noise, sample_noise,
-)
 
 
 def _spd(n: int, seed: int) -> torch.Tensor:
@@ -87,35 +84,3 @@ def test_ics_is_zero_when_nothing_moves():
     assert pts[1].layer == "2.weight, 2.bias"
     with pytest.raises(KeyError):
         internal_covariate_shift(loss_closure(model, nn.functional.cross_entropy, x, y), p, p, ["nope"])
-
-
-def test_noise_distribution_matches_santurkar():
-    g = torch.Generator().manual_seed(0)
-    draws = [sample_noise(64, g, torch.float64) for _ in range(3000)]
-    s = torch.stack([d[0] for d in draws])   # (draws, C)
-    m = torch.stack([d[1] for d in draws])
-    # per draw the shifts lie in a window of width 0.2 inside [−0.6, 0.6]
-    assert float((m.max(1).values - m.min(1).values).max()) <= 0.2 + 1e-12
-    assert float(m.abs().max()) <= 0.6
-    # moments: E[m] = 0, Var m = 1/12 + 0.2²/12 ; E[s] = 1.125, Var s = 0.25²/12 + 0.1²
-    assert float(m.mean()) == pytest.approx(0.0, abs=0.02)
-    assert float(m.var()) == pytest.approx(1 / 12 + 0.04 / 12, rel=0.08)
-    assert float(s.mean()) == pytest.approx(1.125, abs=0.005)
-    assert float(s.var()) == pytest.approx(0.0625 / 12 + 0.01, rel=0.08)
-
-
-def test_noisy_bn_is_bn_plus_noise_in_training_and_plain_bn_in_eval():
-    torch.manual_seed(0)
-    noisy, plain = NoisyBatchNorm2d(3), nn.BatchNorm2d(3)
-    x = torch.randn(4, 3, 5, 5) * 2 + 1
-    y = noisy(x)
-    expect = apply_noise(plain(x), noisy.noise_scale, noisy.noise_shift)
-    torch.testing.assert_close(y, expect, rtol=2e-5, atol=2e-5)
-    with hold_noise(noisy):
-        torch.testing.assert_close(noisy(x), y, rtol=0, atol=0)  # same draw reused
-    resample_noise(noisy)
-    assert not torch.equal(noisy(x), y)  # a new draw per training forward
-    plain.load_state_dict(noisy.state_dict())  # same running statistics
-    noisy.eval(), plain.eval()
-    torch.testing.assert_close(noisy(x), plain(x), rtol=2e-5, atol=2e-5)
-    assert "noise_scale" not in noisy.state_dict()  # the noise is not model state

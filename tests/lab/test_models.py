@@ -111,3 +111,113 @@ def test_bn_inception_grid_sizes():
     assert sizes["stem"] == (192, 28, 28)
     assert sizes["3b"] == (28, 28) and sizes["3c"] == (14, 14)
     assert sizes["4d"] == (14, 14) and sizes["4e"] == (7, 7) and sizes["5b"] == (7, 7)
+
+
+# ---- noisy BN (Santurkar et al. 2018) ---------------------------------------------------------
+from bnlab.lab.models.noisy import (  # noqa: E402
+    NoisyBatchNorm2d, hold_noise, noise_expectation, resample_noise, sample_noise,
+)
+
+
+def _implied_noise(layer, x1, x2):
+    """(s, m) with y = s·BN(x) + m elementwise, from two inputs under one held draw."""
+    plain = nn.BatchNorm2d(layer.num_features).double()
+    z1, z2 = plain(x1), plain(x2)
+    with hold_noise(layer):
+        y1, y2 = layer(x1), layer(x2)
+    s = (y1 - y2) / (z1 - z2)
+    return s, y1 - s * z1
+
+
+def test_noisy_bn_perturbs_each_activation_of_each_sample_iid():
+    torch.manual_seed(0)
+    layer = NoisyBatchNorm2d(4)
+    x1, x2 = torch.randn(64, 4, 3, 3, dtype=torch.float64), torch.randn(64, 4, 3, 3, dtype=torch.float64)
+    layer.double()
+    layer(x1)  # a first training step draws the noise that hold_noise then keeps
+    s, m = _implied_noise(layer, x1, x2)
+    # one channel, different samples (and positions) get different draws: not one (s, m) per channel
+    assert float(s[:, 0].std()) > 0.05 and float(m[:, 0].std()) > 0.03
+    # within one step the shifts of a layer lie in a window of width 0.2 around one μ, the scales
+    # scatter by 0.1 around one σ ∈ [1, 1.25]
+    assert float(m.max() - m.min()) <= 0.2 + 1e-9
+    assert 0.9 < float(s.mean()) < 1.35 and abs(float(s.std()) - 0.1) < 0.02
+
+
+def test_noisy_bn_eval_applies_the_noise_expectation():
+    torch.manual_seed(0)
+    layer, plain = NoisyBatchNorm2d(3), nn.BatchNorm2d(3)
+    x = torch.randn(16, 3, 4, 4) * 2 + 1
+    layer(x), plain(x)  # same running statistics
+    layer.eval(), plain.eval()
+    # training saw E[s] = 1.125 and E[m] = 0: evaluation folds them into γ, β
+    torch.testing.assert_close(layer(x), 1.125 * plain(x), rtol=2e-5, atol=2e-5)
+
+
+# ---- the claims' small CNN ------------------------------------------------------------------------
+from bnlab.lab.models import layer_labels, small_cnn  # noqa: E402
+
+
+@pytest.mark.parametrize("norm", [bnlab.BatchNorm2d, nn.BatchNorm2d])
+def test_small_cnn_has_no_norm_on_1x1_features(norm):
+    # BN on the hidden FC layer's (N, 64, 1, 1) features maps a batch of two to ±γ: at batch 2 that
+    # layer alone decides the batch-size experiment, so BN sits after the convolutions only
+    model = small_cnn(norm, widths=(4, 8), hidden=16)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+             for m in model.modules() if "Norm" in type(m).__name__]
+    model(torch.randn(2, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    assert seen == [(2, 4, 28, 28), (2, 8, 14, 14)]
+
+
+def test_noise_distribution_matches_santurkar():
+    # one step: s_i ~ N(σ, 0.1²), m_i ~ U(μ − 0.1, μ + 0.1), i.i.d. over 200,000 elements
+    s, m = sample_noise((1000, 2, 10, 10), mu=0.3, sigma=1.2, seed=1, dtype=torch.float64)
+    assert s.shape == m.shape == (1000, 2, 10, 10)
+    assert float(s.mean()) == pytest.approx(1.2, abs=2e-3) and float(s.std()) == pytest.approx(0.1, rel=0.01)
+    assert 0.2 <= float(m.min()) and float(m.max()) <= 0.4
+    assert float(m.var()) == pytest.approx(0.2**2 / 12, rel=0.02)
+    assert torch.equal(sample_noise((3, 4), 0.0, 1.0, 7)[0], sample_noise((3, 4), 0.0, 1.0, 7)[0])
+    # over steps μ ~ U(−0.5, 0.5), σ ~ U(1, 1.25): E[s] = 1.125, E[m] = 0
+    assert noise_expectation() == (1.125, 0.0)
+    layer = NoisyBatchNorm2d(1)
+    means = []
+    for _ in range(400):
+        layer.resample()
+        means.append(layer.draw[:2])
+    mu, sigma = torch.tensor(means, dtype=torch.float64).T
+    assert -0.5 <= float(mu.min()) and float(mu.max()) <= 0.5 and 1.0 <= float(sigma.min()) <= 1.25
+    assert float(mu.mean()) == pytest.approx(0.0, abs=0.05) and float(sigma.mean()) == pytest.approx(1.125, abs=0.01)
+
+
+def test_noisy_bn_is_bn_plus_a_new_draw_every_training_step():
+    torch.manual_seed(0)
+    noisy, plain = NoisyBatchNorm2d(3), nn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    y = noisy(x)
+    mu, sigma, seed = noisy.draw
+    s, m = sample_noise(tuple(x.shape), mu, sigma, seed)
+    torch.testing.assert_close(y, plain(x) * s + m, rtol=2e-5, atol=2e-5)
+    with hold_noise(noisy):
+        torch.testing.assert_close(noisy(x), y, rtol=0, atol=0)  # same draw reused
+    assert not torch.equal(noisy(x), y)  # outside hold_noise: a new draw per training forward
+    resample_noise(noisy)
+    assert noisy.draw[2] != seed
+    assert "noise_scale" not in noisy.state_dict() and set(noisy.state_dict()) == set(plain.state_dict())
+    plain.load_state_dict(noisy.state_dict())
+    quiet = NoisyBatchNorm2d(3, eval_noise="none")
+    quiet.load_state_dict(noisy.state_dict())
+    quiet.eval(), plain.eval()
+    torch.testing.assert_close(quiet(x), plain(x), rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="eval_noise"):
+        NoisyBatchNorm2d(3, eval_noise="sometimes")
+
+
+def test_small_cnn_layers_and_readable_names():
+    model = small_cnn(None, widths=(4, 8), hidden=16, in_shape=(3, 32, 32), num_classes=7)
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 7)
+    assert list(layer_labels(model).values()) == ["conv 1", "conv 2", "fc 1", "fc 2"]
+    with pytest.raises(ValueError, match="activation"):
+        small_cnn(None, activation="tanh")

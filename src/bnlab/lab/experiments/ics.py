@@ -3,7 +3,7 @@
 Ioffe & Szegedy (2015, Sections 1–2) motivate BN as reducing internal covariate shift
 (ICS). Santurkar, Tsipras, Ilyas & Madry (2018) dispute it: (Section 2.1) a BN network
 with random, time-varying noise injected after every BN layer ("noisy BN",
-:mod:`bnlab.lab.nn_noisy`) trains about as well as plain BN despite a severe, deliberate
+:mod:`bnlab.lab.models.noisy`) trains about as well as plain BN despite a severe, deliberate
 distribution shift; (Section 2.2) measured as a change of each layer's gradient when the
 layers before it take their update (:func:`bnlab.lab.measure.internal_covariate_shift`),
 ICS is *not* lower with BN. This experiment trains a small VGG-style network without BN,
@@ -28,7 +28,7 @@ from ..data import BatchLoader
 from ..measure import internal_covariate_shift, loss_closure, named_params
 from ..measure.functional import grads_of
 from ..models import SmallVGG
-from ..nn_noisy import NoisyBatchNorm2d, hold_noise, resample_noise
+from ..models.noisy import NoisyBatchNorm2d, hold_noise, resample_noise
 from ..report import Check, Section, Table, render_markdown
 from ..train import LoopConfig, fit
 from . import Experiment

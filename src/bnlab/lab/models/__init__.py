@@ -18,14 +18,19 @@ from typing import Callable
 
 from torch import nn
 
-from .convnets import SeedNet, SmallVGG
+from .convnets import SeedNet, SmallVGG, small_cnn
 from .inception import BNInception, count_params
+from .init import kaiming_init
 from .mlp import MnistMLP
+from .naming import layer_labels
+from .noisy import NoisyBatchNorm1d, NoisyBatchNorm2d, hold_noise, resample_noise
 from .norm import NormFactory, norm_factory, norm_names
 
 __all__ = [
     "MnistMLP", "SeedNet", "SmallVGG", "BNInception",
     "build_model", "model_names", "norm_factory", "norm_names", "count_params", "NormFactory",
+    "small_cnn", "kaiming_init", "layer_labels",
+    "NoisyBatchNorm1d", "NoisyBatchNorm2d", "hold_noise", "resample_noise",
 ]
 
 

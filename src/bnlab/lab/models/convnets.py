@@ -1,11 +1,16 @@
-"""Small convolutional classifiers: the source document's ``Net``, and a VGG-style CNN."""
+"""Small convolutional classifiers: the source document's ``Net``, a VGG-style CNN, and the
+claims' two-conv CNN (:func:`small_cnn`)."""
 from __future__ import annotations
+
+from typing import Sequence
 
 from torch import Tensor, nn
 
 from .norm import NormFactory
 
-__all__ = ["SeedNet", "SmallVGG", "conv_norm_relu"]
+__all__ = ["SeedNet", "SmallVGG", "conv_norm_relu", "small_cnn"]
+
+_ACT = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 
 
 def conv_norm_relu(cin: int, cout: int, norm_layer: NormFactory | None, kernel: int = 3,
@@ -74,3 +79,35 @@ class SmallVGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.gap(self.features(x)).flatten(1))
+
+
+def small_cnn(norm_layer: NormFactory | None, activation: str = "relu", dropout: float = 0.0,
+              widths: Sequence[int] = (16, 32), hidden: int = 64, in_shape: Sequence[int] = (1, 28, 28),
+              num_classes: int = 10) -> nn.Sequential:
+    """(Conv5×5 → norm → act → max-pool 2) per width → FC → act → dropout → FC.
+
+    Where the norm sits: after every convolution, on (N, C, H, W) feature maps, and nowhere
+    else. The hidden FC layer has no norm: its features are (N, hidden) — as a 2-D norm on
+    (N, hidden, 1, 1) they would be normalized over the batch alone, which at batch 2 maps
+    every unit's two values to ±γ (whatever the input), and a per-sample norm (GroupNorm,
+    LayerNorm) would normalize a handful of values. Convolutions have no bias when a norm
+    follows (β takes its place, paper Sec. 3.2); the hidden FC layer keeps its bias.
+
+    Shape: ``(N, C, H, W) → (N, num_classes)``; H, W divisible by ``2 ** len(widths)``.
+    """
+    if activation not in _ACT:
+        raise ValueError(f"activation must be one of {sorted(_ACT)}, got {activation!r}")
+    act = _ACT[activation]
+    c, h, w = in_shape
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers.append(nn.Conv2d(c, width, 5, padding=2, bias=norm_layer is None))  # (N, width, h, w)
+        if norm_layer is not None:
+            layers.append(norm_layer(width))
+        layers += [act(), nn.MaxPool2d(2)]
+        c, h, w = width, h // 2, w // 2                                            # (N, width, h/2, w/2)
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), act()]                  # (N, hidden)
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden, num_classes))                                  # (N, num_classes)
+    return nn.Sequential(*layers)
