@@ -1,9 +1,13 @@
 """The training loop every experiment uses: :func:`fit`.
 
 One loop, configured by :class:`LoopConfig`: SGD+momentum or Adam, a step-indexed
-learning-rate schedule (:mod:`bnlab.lab.optim`), evaluation on the test set every
-``eval_every`` steps, records in ``metrics.jsonl``, a progress bar on a terminal,
-atomic checkpoints every ``ckpt_every`` steps and exact resumption.
+learning-rate schedule (:mod:`bnlab.lab.engine.optim`), evaluation every ``eval_every``
+steps on a validation split and on the test set, records in ``metrics.jsonl``, a progress
+bar on a terminal, atomic checkpoints every ``ckpt_every`` steps and exact resumption.
+
+Model selection: the *validation* split picks the step (highest ``val_acc``, the earliest
+on ties); the test numbers are those measured at that step. The test set never selects
+anything. Without a validation split the last evaluated step is the selected one.
 
 Repeatability: minibatches are a pure function of (seed, step) (:class:`BatchLoader`),
 the schedule a pure function of the step, and the model's initial weights come from the
@@ -25,36 +29,39 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from . import distributed as D
-from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, check, config_to_dict
 from ..data.batches import BatchLoader
+from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from . import distributed as D
 from .metrics import MetricsLog, truncate_after
 from .optim import OPTIMIZERS, SCHEDULES, learning_rate, make_optimizer, set_lr
 from .progress import progress_bar
 
-__all__ = ["LoopConfig", "fit", "evaluate", "steps_to_reach"]
+__all__ = ["LoopConfig", "fit", "evaluate", "steps_to_reach", "select_step"]
 
 EvalHook = Callable[[nn.Module, int], dict[str, Any]]
+Split = tuple[Tensor, Tensor]
+
+
+def _f(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     """Optimization and loop settings shared by every experiment."""
 
-    optimizer: str = dataclasses.field(default="sgd", metadata={"help": "sgd | adam"})
-    lr: float = dataclasses.field(default=0.1, metadata={"help": "base learning rate"})
-    momentum: float = dataclasses.field(default=0.9, metadata={"help": "SGD momentum / Adam beta1"})
+    optimizer: str = _f("sgd", "sgd | adam")
+    lr: float = _f(0.1, "base learning rate")
+    momentum: float = _f(0.9, "SGD momentum / Adam beta1")
     weight_decay: float = 0.0
-    schedule: str = dataclasses.field(
-        default="constant", metadata={"help": "constant | step | exponential"})
-    lr_step: int = dataclasses.field(default=1000, metadata={"help": "schedule period s (steps)"})
-    lr_gamma: float = dataclasses.field(default=0.1, metadata={"help": "decay factor per period"})
-    steps: int = dataclasses.field(default=1000, metadata={"help": "training steps"})
-    batch_size: int = dataclasses.field(default=60, metadata={"help": "global minibatch size"})
-    eval_every: int = dataclasses.field(default=100, metadata={"help": "evaluate every K steps"})
-    ckpt_every: int = dataclasses.field(
-        default=1000, metadata={"help": "checkpoint every K steps (0: only at the end)"})
+    schedule: str = _f("constant", "constant | step | exponential")
+    lr_step: int = _f(1000, "schedule period s (steps)")
+    lr_gamma: float = _f(0.1, "decay factor per period")
+    steps: int = _f(1000, "training steps")
+    batch_size: int = _f(60, "global minibatch size")
+    eval_every: int = _f(100, "evaluate every K steps")
+    ckpt_every: int = _f(1000, "checkpoint every K steps (0: only at the end)")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,10 +77,11 @@ class LoopConfig:
         check(self.lr_gamma > 0, f"lr_gamma must be positive, got {self.lr_gamma}")
 
     @classmethod
-    def from_config(cls, config: Any) -> "LoopConfig":
-        """The loop fields of any config that has them (e.g. an experiment's)."""
+    def from_config(cls, config: Any, **changes: Any) -> "LoopConfig":
+        """The loop fields of any config that has them (e.g. an experiment's), then ``changes``."""
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
+        return cls(**{**values, **changes})
 
 
 @torch.no_grad()
@@ -90,13 +98,21 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> tuple
     return loss_sum / len(x), correct / len(x)
 
 
-def steps_to_reach(history: list[dict[str, Any]], target: float, key: str = "test_acc") -> int | None:
+def steps_to_reach(history: list[dict[str, Any]], target: float, key: str = "val_acc") -> int | None:
     """First evaluated step whose ``key`` is >= ``target`` (None if never)."""
     for rec in history:
         v = rec.get(key)
         if v is not None and v >= target:
             return rec["step"]
     return None
+
+
+def select_step(history: list[dict[str, Any]], key: str = "val_acc") -> dict[str, Any] | None:
+    """The evaluation record with the highest ``key`` (earliest on ties); the last if none has it."""
+    scored = [r for r in history if r.get(key) is not None and math.isfinite(r[key])]
+    if not scored:
+        return history[-1] if history else None
+    return max(scored, key=lambda r: (r[key], -r["step"]))
 
 
 def _fingerprint(cfg: LoopConfig, meta: dict[str, Any]) -> dict[str, Any]:
@@ -107,120 +123,142 @@ def _fingerprint(cfg: LoopConfig, meta: dict[str, Any]) -> dict[str, Any]:
     return {**d, **meta}
 
 
-def fit(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-        cfg: LoopConfig, run_dir: str | Path, *, tag: str | None = None, resume: bool = False,
+@dataclass
+class _State:
+    """What a checkpoint carries besides the weights: the position in the run."""
+
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    elapsed: float = 0.0
+    win_loss: float = 0.0      # train loss/accuracy summed since the last evaluation
+    win_correct: int = 0
+    win_n: int = 0
+
+
+def _restore(path: Path, model: nn.Module, opt, fingerprint: dict[str, Any]) -> _State:
+    state = load_checkpoint(path)
+    if state["fingerprint"] != fingerprint:
+        diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        raise ConfigError(f"cannot resume {path}: settings differ in {diff}")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    loss, correct, n = state["window"]
+    return _State(state["step"], list(state["history"]), state["elapsed"], loss, correct, n)
+
+
+def _save(path: Path, model: nn.Module, opt, st: _State, fingerprint: dict[str, Any]) -> None:
+    if D.world()[0] == 0:
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": st.step,
+            "history": st.history, "elapsed": st.elapsed, "torch_rng": torch.get_rng_state(),
+            "fingerprint": fingerprint, "window": [st.win_loss, st.win_correct, st.win_n],
+        })
+    D.barrier()
+
+
+def _eval_record(model: nn.Module, st: _State, lr: float, val: Split | None, test: Split | None,
+                 on_eval: EvalHook | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"step": st.step, "lr": lr, "train_loss": st.win_loss / st.win_n,
+                           "train_acc": st.win_correct / st.win_n}
+    for name, split in (("val", val), ("test", test)):
+        if split is not None:
+            rec[f"{name}_loss"], rec[f"{name}_acc"] = evaluate(model, *split)
+    if on_eval is not None:
+        rec.update(on_eval(model, st.step))
+    return rec
+
+
+def _check_args(cfg: LoopConfig, n_train: int, size: int) -> None:
+    if cfg.batch_size % size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {size} processes")
+    if cfg.batch_size > n_train:
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {n_train} training examples")
+
+
+def fit(model: nn.Module, train: Split, test: Split | None, cfg: LoopConfig, run_dir: str | Path, *,
+        val: Split | None = None, tag: str | None = None, resume: bool = False,
         on_eval: EvalHook | None = None, on_step: Callable[[int], None] | None = None,
         meta: dict[str, Any] | None = None, desc: str = "train") -> dict[str, Any]:
     """Train ``model`` on ``train`` for ``cfg.steps`` steps; return its results dict.
 
     ``run_dir`` receives ``metrics.jsonl`` (records tagged ``run=tag``) and
-    ``checkpoints/<tag or 'model'>.pt``. ``on_eval(model, step)`` adds entries to each
-    evaluation record (e.g. fig1's sigmoid-input percentiles); ``on_step(step)`` is called
-    after every completed step (tests inject interruptions there). Under torchrun the
-    model is wrapped in DDP; rank 0 alone evaluates and writes files.
+    ``checkpoints/<tag or 'model'>.pt``. Every evaluation record has the train loss and
+    accuracy since the previous one and ``val_*``/``test_*`` for the splits given;
+    ``on_eval(model, step)`` adds entries to it (e.g. fig1's sigmoid-input percentiles);
+    ``on_step(step)`` is called after every completed step (tests inject interruptions
+    there). Under torchrun the model is wrapped in DDP; rank 0 alone evaluates and writes.
     """
     run_dir = Path(run_dir)
     rank, size = D.world()
-    main = rank == 0
-    meta = dict(meta or {})
-    if cfg.batch_size % size:
-        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {size} processes")
-    x_train, y_train = train
-    x_test, y_test = test
+    _check_args(cfg, len(train[0]), size)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    ckpt_path = run_dir / "checkpoints" / f"{tag or 'model'}.pt"
-    metrics_path = run_dir / "metrics.jsonl"
-    fingerprint = _fingerprint(cfg, meta)
-
-    start, history, elapsed, window = 0, [], 0.0, (0.0, 0, 0)
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state["fingerprint"] != fingerprint:
-            diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-            raise ConfigError(f"cannot resume {ckpt_path}: settings differ in {diff}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history, elapsed = state["step"], list(state["history"]), state["elapsed"]
-        window = tuple(state["window"])
-        torch.set_rng_state(state["torch_rng"])
-    if main:  # drop records a killed run wrote after its last checkpoint (or an old run's)
-        truncate_after(metrics_path, start if resume else -1, run=tag)
+    ckpt = run_dir / "checkpoints" / f"{tag or 'model'}.pt"
+    fingerprint = _fingerprint(cfg, dict(meta or {}))
+    st = _restore(ckpt, model, opt, fingerprint) if resume and ckpt.exists() else _State()
+    if rank == 0:  # drop records a killed run wrote after its last checkpoint (or an old run's)
+        truncate_after(run_dir / "metrics.jsonl", st.step if resume else -1, run=tag)
     D.barrier()
-
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    if cfg.batch_size > len(x_train):
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(x_train)} training examples")
-    batches = BatchLoader(x_train, y_train, batch_size=cfg.batch_size, seed=cfg.seed,
-                          rank=rank, world_size=size)
-    log = MetricsLog(metrics_path, run=tag, enabled=main)
-    bar = progress_bar(cfg.steps, initial=start, desc=desc, enabled=None if main else False)
-    status, diverged_at = "completed", None
-    win_loss, win_correct, win_n = window  # train loss/accuracy since the last evaluation
-    t0 = time.perf_counter()
-
-    def checkpoint(step: int) -> None:
-        if main:
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "history": history, "elapsed": elapsed + time.perf_counter() - t0,
-                "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint,
-                "window": [win_loss, win_correct, win_n],
-            })
-        D.barrier()
-
+    batches = BatchLoader(*train, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=size)
+    log = MetricsLog(run_dir / "metrics.jsonl", run=tag, enabled=rank == 0)
+    bar = progress_bar(cfg.steps, initial=st.step, desc=desc, enabled=None if rank == 0 else False)
+    t0, elapsed0, diverged_at = time.perf_counter(), st.elapsed, None
     model.train()
-    for step in range(start, cfg.steps):
-        xb, yb = batches.batch(step)  # this rank's contiguous slice of global batch `step`
-        lr = learning_rate(cfg.lr, cfg.schedule, step, cfg.lr_step, cfg.lr_gamma)
-        set_lr(opt, lr)
-        logits = net(xb)
-        loss = F.cross_entropy(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        loss_all = D.all_mean(loss.detach())
-        if not torch.isfinite(loss_all):
-            status, diverged_at = "diverged", step + 1
-            log.log(step + 1, event="diverged", train_loss=float("nan"), lr=lr)
+    while st.step < cfg.steps:
+        lr = learning_rate(cfg.lr, cfg.schedule, st.step, cfg.lr_step, cfg.lr_gamma)
+        if not _train_step(net, opt, batches.batch(st.step), lr, st):
+            diverged_at = st.step + 1
+            log.log(diverged_at, event="diverged", train_loss=float("nan"), lr=lr)
             break
-        opt.step()
-        s = step + 1
-        win_loss += loss_all.item() * len(yb)
-        win_correct += (logits.detach().argmax(1) == yb).sum().item()
-        win_n += len(yb)
-        if s % cfg.eval_every == 0 or s == cfg.steps:
-            if main:
-                test_loss, test_acc = evaluate(model, x_test, y_test)
-                rec = {"step": s, "lr": lr, "train_loss": win_loss / win_n,
-                       "train_acc": win_correct / win_n, "test_loss": test_loss, "test_acc": test_acc}
-                if on_eval is not None:
-                    rec.update(on_eval(model, s))
-                history.append(rec)
+        if st.step % cfg.eval_every == 0 or st.step == cfg.steps:
+            if rank == 0:
+                rec = _eval_record(model, st, lr, val, test, on_eval)
+                st.history.append(rec)
                 log.log(**rec)
-                bar.set_postfix(loss=f"{rec['train_loss']:.3f}", test_acc=f"{test_acc:.3f}")
-            win_loss, win_correct, win_n = 0.0, 0, 0
+                bar.set_postfix(loss=f"{rec['train_loss']:.3f}")
+            st.win_loss, st.win_correct, st.win_n = 0.0, 0, 0
         bar.update(1)
-        if cfg.ckpt_every and s % cfg.ckpt_every == 0 and s < cfg.steps:
-            checkpoint(s)
+        st.elapsed = elapsed0 + time.perf_counter() - t0
+        if st.step == cfg.steps or (cfg.ckpt_every and st.step % cfg.ckpt_every == 0):
+            _save(ckpt, model, opt, st, fingerprint)
         if on_step is not None:
-            on_step(s)
-    else:
-        checkpoint(cfg.steps)
+            on_step(st.step)
     bar.close()
     log.close()
-    return _results(history, status, diverged_at, cfg.steps, elapsed + time.perf_counter() - t0)
+    return _results(st, diverged_at, cfg.steps)
 
 
-def _results(history, status, diverged_at, steps, seconds) -> dict[str, Any]:
-    best = max(history, key=lambda r: r["test_acc"], default=None)
-    last = history[-1] if history and status == "completed" else None
+def _train_step(net: nn.Module, opt, batch: Split, lr: float, st: _State) -> bool:
+    """One SGD/Adam step on ``batch``; False (and no update) if the loss is not finite."""
+    xb, yb = batch  # this rank's contiguous slice of global batch `st.step`
+    set_lr(opt, lr)
+    logits = net(xb)
+    loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    loss_all = D.all_mean(loss.detach())
+    if not torch.isfinite(loss_all):
+        return False
+    opt.step()
+    st.step += 1
+    st.win_loss += loss_all.item() * len(yb)
+    st.win_correct += (logits.detach().argmax(1) == yb).sum().item()
+    st.win_n += len(yb)
+    return True
+
+
+def _results(st: _State, diverged_at: int | None, steps: int) -> dict[str, Any]:
+    status = "completed" if diverged_at is None else "diverged"
+    sel = select_step(st.history) if status == "completed" else None
+    last = st.history[-1] if st.history and status == "completed" else None
     return {
         "status": status,
         "diverged_at_step": diverged_at,
         "steps": steps if status == "completed" else diverged_at,
-        "final_test_acc": last["test_acc"] if last else None,
-        "final_test_loss": last["test_loss"] if last else None,
-        "best_test_acc": best["test_acc"] if best else None,
-        "best_step": best["step"] if best else None,
-        "seconds": seconds,
-        "history": history,
+        "selected_step": sel["step"] if sel else None,
+        "selected": sel,                      # the record at the step the validation split picked
+        "final": last,
+        "seconds": st.elapsed,
+        "history": st.history,
     }

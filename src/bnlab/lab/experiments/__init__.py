@@ -1,74 +1,70 @@
-"""Registry of the lab's experiments: one module per experiment in this package.
+"""The registry of the lab's experiments: an explicit table, in the order ``reproduce`` runs them.
 
-An experiment module defines ``EXPERIMENT = Experiment(...)``: its name, the claim it
-tests, a frozen config dataclass, named presets (at least ``"quick"`` and ``"paper"``),
-``run(config, out_dir, resume=False) -> results`` and ``summarize(results, run_dir) -> str``
-(a Markdown section for ``results.md``). Adding an experiment = adding a module here;
-:func:`experiments` discovers them and orders them by ``order`` then name.
+Each entry maps an experiment's name to the module (in this package) that defines
+``EXPERIMENT``, an instance of a :class:`~.framework.Experiment` subclass. Modules are
+imported when asked for, so one experiment that fails to import does not take the others down.
+To add an experiment: write its module, add one line to :data:`REGISTRY`.
 
-:func:`run_experiment` is the one way to run one: it writes ``config.json`` (resolved
-config + preset + versions), calls ``run`` and writes ``results.json``.
+:func:`run_experiment` is the one way to run one (it writes every output; see
+:mod:`.framework.run`).
 """
 from __future__ import annotations
 
 import importlib
-import pkgutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from ..config import config_to_dict
-from ..runs.runfiles import run_metadata, write_json
+from .framework import Experiment, run, run_with_control
 
-__all__ = ["Experiment", "experiments", "get_experiment", "run_experiment"]
+__all__ = ["REGISTRY", "Experiment", "experiments", "get_experiment", "run_experiment"]
 
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    claim: str                                   # the paper's claim, one sentence
-    config_cls: type
-    presets: Mapping[str, Any]                   # preset name -> config instance
-    run: Callable[..., dict[str, Any]]           # run(config, out_dir, resume=False)
-    summarize: Callable[[dict[str, Any], Path], str]
-    order: int = 100                             # position in `bnlab list` / `reproduce`
-    figures: tuple[str, ...] = field(default=())  # PNG file names it writes
-
-
-def experiments() -> dict[str, Experiment]:
-    """All experiments in this package, in ``order``."""
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        exp = getattr(module, "EXPERIMENT", None)
-        if isinstance(exp, Experiment):
-            found.append(exp)
-    found.sort(key=lambda e: (e.order, e.name))
-    return {e.name: e for e in found}
+#: experiment name -> module in this package, in ``reproduce`` order
+REGISTRY: dict[str, str] = {
+    "fig1": "fig1",
+    "lr": "lr",
+    "landscape": "landscape",
+    "ics": "ics",
+    "batch-size": "batch_size",
+    "inference": "inference",
+    "d2l-lenet": "d2l_lenet",
+    "scale-shift": "scale_shift",
+    "wall-clock": "wall_clock",
+    "lr-sweep": "lr_sweep",
+}
 
 
 def get_experiment(name: str) -> Experiment:
-    registry = experiments()
-    if name not in registry:
-        raise KeyError(f"unknown experiment {name!r}; choose from {sorted(registry)}")
-    return registry[name]
+    """The registered experiment ``name`` (a one-line error listing the names otherwise)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; choose from {', '.join(REGISTRY)}")
+    module = importlib.import_module(f"{__name__}.{REGISTRY[name]}")
+    exp = module.EXPERIMENT
+    if not isinstance(exp, Experiment) or exp.name != name:
+        raise TypeError(f"{module.__name__}.EXPERIMENT is not the Experiment {name!r}")
+    return exp
+
+
+def experiments(skip_missing: bool = True) -> dict[str, Experiment]:
+    """Every registered experiment whose module exists, in ``reproduce`` order."""
+    out = {}
+    for name, module in REGISTRY.items():
+        try:
+            out[name] = get_experiment(name)
+        except ModuleNotFoundError as exc:
+            if not skip_missing or exc.name != f"{__name__}.{module}":
+                raise
+    return out
 
 
 def run_experiment(exp: Experiment, config: Any, out_dir: str | Path, preset: str | None = None,
-                   resume: bool = False) -> dict[str, Any]:
-    """Write ``config.json``, run ``exp``, write ``results.json``; return the results."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {
-        "experiment": exp.name, "claim": exp.claim, "preset": preset,
-        "config": config_to_dict(config), "meta": run_metadata(),
-    })
-    t0 = time.perf_counter()
-    results = exp.run(config, out_dir, resume=resume)
-    results = {"experiment": exp.name, "claim": exp.claim, "preset": preset,
-               "seconds": time.perf_counter() - t0, **results}
-    write_json(out_dir / "results.json", results)
-    return results
+                   resume: bool = False, control: bool = False, with_control: bool = True) -> dict[str, Any]:
+    """Run ``exp`` into ``out_dir`` and return its ``results.json`` content.
+
+    ``control=True`` runs only the negative control (treatments replaced by the baseline arm);
+    otherwise ``with_control`` adds the control in ``out_dir/control`` and links it.
+    """
+    if control:
+        return run(exp, config, out_dir, preset=preset, control=True, resume=resume)[0]
+    if with_control:
+        return run_with_control(exp, config, out_dir, preset=preset, resume=resume)
+    return run(exp, config, out_dir, preset=preset, resume=resume)[0]

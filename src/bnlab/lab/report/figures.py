@@ -1,20 +1,29 @@
-"""Figure helpers shared by the experiments (matplotlib, headless, written atomically).
+"""The one figure helper of the lab (matplotlib, headless, written atomically).
 
-Every figure a person looks at has labelled axes, a legend and a title naming the claim
-it tests (DESIGN.md, "Outputs a person looks at").
+Conventions every figure follows: labelled axes with units, a title naming the claim, a
+legend that holds every curve and sits *outside* the data (below the axes), a caption that
+says what to see, accuracy in percent, and PNGs at 200 dpi so they are crisp on 2× screens.
+Arms keep one colour *and* one line style across every figure of an experiment, so a curve
+hidden under another is still told apart where they part.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..runs.runfiles import atomic_write
+from .verdict import mean_ci
 
-__all__ = ["pyplot", "save_figure", "percentile_band", "COLORS"]
+__all__ = ["pyplot", "new_figure", "style", "mean_band", "legend_below", "save_figure", "DPI", "PALETTE"]
 
-#: one colour per network, the same in every figure: with BN blue, without BN orange
-COLORS = {"bn": "tab:blue", "plain": "tab:orange"}
+DPI = 200
+#: Okabe & Ito's colour-blind-safe palette, then matplotlib's tab10
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#F0E442",
+           "tab:brown", "tab:gray")
+_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def pyplot():
@@ -27,22 +36,63 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG atomically and close it."""
+def style(i: int) -> dict[str, Any]:
+    """Colour, line style and marker of the ``i``-th arm (the same in every figure)."""
+    return {"color": PALETTE[i % len(PALETTE)], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+            "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def mean_band(ax, x: Sequence[float], per_seed: Sequence[Sequence[float]], label: str, i: int,
+              markevery: int | None = None) -> None:
+    """Mean over seeds as a line, its 95% t-interval as a band (``per_seed[s][j]`` at ``x[j]``)."""
+    st = style(i)
+    cols = list(zip(*per_seed)) if per_seed else []
+    cis = [mean_ci(c) for c in cols]
+    mean = [c.estimate for c in cis]
+    lo = [c.low if math.isfinite(c.low) else c.estimate for c in cis]
+    hi = [c.high if math.isfinite(c.high) else c.estimate for c in cis]
+    n = len(x)
+    ax.fill_between(x, lo, hi, color=st["color"], alpha=0.18, linewidth=0)
+    ax.plot(x, mean, color=st["color"], linestyle=st["linestyle"], linewidth=1.8, marker=st["marker"],
+            markersize=4, markevery=markevery or max(1, n // 8), label=label)
+
+
+def legend_below(fig, axes=None, ncol: int | None = None, note: str = "") -> None:
+    """One legend for the whole figure, centred below the axes (it never covers data).
+
+    ``note`` (e.g. "bands: 95% interval over 3 seeds") is added as the legend's title.
+    """
+    axes = list(axes if axes is not None else fig.axes)
+    handles, labels, seen = [], [], set()
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab and lab not in seen and not lab.startswith("_"):
+                seen.add(lab)
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(4, len(labels)),
+                   frameon=False, fontsize=8.5, title=note or None, title_fontsize=8.5)
+
+
+def _confined(out_dir: Path, name: str) -> Path:
+    if Path(name).name != name or name.startswith(".") or not name.endswith(".png"):
+        raise ValueError(f"figure name must be a plain *.png file name, got {name!r}")
+    return Path(out_dir) / name
+
+
+def save_figure(fig, out_dir: str | os.PathLike, name: str, caption: str) -> dict[str, str]:
+    """Save ``fig`` as ``out_dir/name`` (PNG, 200 dpi, atomic), close it; its report record."""
     plt = pyplot()
+    path = _confined(Path(out_dir), name)
     try:
-        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
-                                                        bbox_inches="tight"), mode="wb")
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"), mode="wb")
     finally:
         plt.close(fig)
+    return {"file": name, "caption": caption}
 
 
-def percentile_band(ax, steps: Sequence[int], low: Sequence[float], mid: Sequence[float],
-                    high: Sequence[float], color: str, label: str = "") -> None:
-    """The paper's Fig. 1(b, c) style: median line, 15th/85th percentile lines and band."""
-    ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
-    ax.plot(steps, high, color=color, linewidth=1.0, linestyle="--", label="85th percentile")
-    ax.plot(steps, mid, color=color, linewidth=1.8, label="median (50th)")
-    ax.plot(steps, low, color=color, linewidth=1.0, linestyle=":", label="15th percentile")
-    if label:
-        ax.set_title(label)
+def new_figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float = 4.2, **kw):
+    """(figure, axes) with constrained layout, so outside legends and titles get room."""
+    plt = pyplot()
+    return plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kw)
