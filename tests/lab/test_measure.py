@@ -84,3 +84,60 @@ def test_ics_is_zero_when_nothing_moves():
     assert pts[1].layer == "2.weight, 2.bias"
     with pytest.raises(KeyError):
         internal_covariate_shift(loss_closure(model, nn.functional.cross_entropy, x, y), p, p, ["nope"])
+
+
+# ---- moving averages of BN statistics, raw and bias-corrected ------------------------------------
+from bnlab.lab.measure import MovingAverages, bn_layers  # noqa: E402
+
+
+def _bn_net(momentum):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=momentum), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 4 * 4, 5), nn.BatchNorm1d(5, momentum=momentum))
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.01])
+def test_moving_averages_match_torch_running_stats_and_the_weighted_mean(momentum):
+    model = _bn_net(momentum)
+    tracker = MovingAverages(model, momenta=(momentum, 0.5))
+    g = torch.Generator().manual_seed(1)
+    means = []  # per batch: the conv BN's batch mean (the oracle's input)
+    for t in range(30):
+        x = torch.randn(8, 1, 6, 6, generator=g) * (1 + t / 10) + t / 5   # a drifting input
+        model(x)
+        means.append(model[0](x).detach().double().mean((0, 2, 3)))
+    model.eval()
+    model(torch.randn(4, 1, 6, 6))          # eval forwards are not batches of the average
+    tracker.remove()
+    model(torch.randn(4, 1, 6, 6))
+    assert tracker.steps == 30
+    for name, layer in bn_layers(model):    # identity: the raw average is torch's running average
+        mean, var = tracker.stats(momentum, corrected=False)[name]
+        torch.testing.assert_close(mean.float(), layer.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(var.float(), layer.running_var, rtol=1e-5, atol=1e-6)
+    # the bias-corrected mean is the normalized weighted mean Σ w_k μ_k / Σ w_k, w_k = m (1 − m)^(T − k)
+    w = np.array([momentum * (1 - momentum) ** (29 - k) for k in range(30)])
+    expect = (w[:, None] * torch.stack(means).numpy()).sum(0) / w.sum()
+    np.testing.assert_allclose(tracker.stats(momentum, corrected=True)["1"][0].numpy(), expect, rtol=1e-9)
+
+
+def test_bias_correction_removes_the_initial_value_artifact():
+    # a network that never changes: its population statistics are those of the data. Torch's average at
+    # momentum 0.001 after 300 batches still weighs its initial 0 / 1 by 0.999^300 ≈ 0.74 (so does
+    # momentum 0.01 after 30), so a "stale moving average" shows up although nothing moved; the
+    # bias-corrected average does not.
+    model = nn.Sequential(nn.BatchNorm1d(4, momentum=0.01))
+    tracker = MovingAverages(model, momenta=(0.01,))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        model(3.0 + 2.0 * torch.randn(256, 4, generator=g))
+    layer = model[0]
+    assert float(layer.running_mean.mean()) == pytest.approx(3.0 * (1 - 0.99**30), rel=0.02)  # ≈ 0.78
+    mean, var = tracker.stats(0.01, corrected=True)["0"]
+    assert torch.allclose(mean, torch.full((4,), 3.0, dtype=mean.dtype), atol=0.05)
+    assert torch.allclose(var, torch.full((4,), 4.0, dtype=var.dtype), rtol=0.05)
+    copy_ = nn.Sequential(nn.BatchNorm1d(4))
+    tracker.load_into(copy_, 0.01, corrected=True)
+    torch.testing.assert_close(copy_[0].running_mean, mean.float())
+    with pytest.raises(KeyError, match="momentum"):
+        tracker.stats(0.2)
