@@ -7,13 +7,12 @@ import pytest
 import torch
 
 
-from bnlab.lab.runs.checkpoint import load_checkpoint, save_checkpoint
-from bnlab.lab.metrics import MetricsLog, read_metrics, truncate_after
+from bnlab.lab.runs.checkpoint import load_checkpoint
+from bnlab.lab.engine.metrics import MetricsLog, read_metrics, truncate_after
+from bnlab.lab.engine.optim import learning_rate
+from bnlab.lab.engine.progress import progress_enabled
+from bnlab.lab.engine.train import LoopConfig, fit, select_step, steps_to_reach
 from bnlab.lab.models import MnistMLP, norm_factory
-from bnlab.lab.optim import learning_rate
-from bnlab.lab.progress import progress_enabled
-from bnlab.lab.runs.runfiles import atomic_write
-from bnlab.lab.train import LoopConfig, fit, steps_to_reach
 
 
 pytestmark = pytest.mark.usefixtures("reference_kernels")
@@ -104,7 +103,7 @@ def test_non_finite_loss_marks_run_diverged(tmp_path):
     before = _state(model)
     res = fit(model, (x, y), test, CFG, tmp_path)
     assert res["status"] == "diverged" and res["diverged_at_step"] == 1
-    assert res["final_test_acc"] is None
+    assert res["final"] is None and res["selected"] is None
     _assert_same_state(before, _state(model))  # the non-finite gradient was not applied
     recs = read_metrics(tmp_path / "metrics.jsonl")
     assert recs[-1]["event"] == "diverged" and recs[-1]["train_loss"] is None
@@ -137,40 +136,30 @@ def test_schedule_is_applied_in_training(tmp_path):
 
 
 def test_steps_to_reach():
-    hist = [{"step": 10, "test_acc": 0.5}, {"step": 20, "test_acc": 0.92}, {"step": 30, "test_acc": 0.9}]
+    hist = [{"step": 10, "val_acc": 0.5}, {"step": 20, "val_acc": 0.92}, {"step": 30, "val_acc": 0.9}]
     assert steps_to_reach(hist, 0.9) == 20
     assert steps_to_reach(hist, 0.95) is None
 
 
-class Evil:
-    """A class a malicious checkpoint could make torch.load instantiate."""
+def test_select_step_uses_validation_never_test():
+    # the test accuracy peaks at step 10, the validation accuracy at step 20 (tie at 30: earliest wins)
+    hist = [{"step": 10, "val_acc": 0.5, "test_acc": 0.99}, {"step": 20, "val_acc": 0.9, "test_acc": 0.6},
+            {"step": 30, "val_acc": 0.9, "test_acc": 0.7}]
+    assert select_step(hist)["step"] == 20
+    assert select_step([{"step": 5, "test_acc": 0.9}, {"step": 9, "test_acc": 0.1}])["step"] == 9  # no val: last
 
 
-def test_checkpoint_roundtrip_loads_weights_only(tmp_path):
-    state = {"model": MnistMLP().state_dict(), "step": 3, "history": [{"a": 1.5, "b": None}],
-             "torch_rng": torch.get_rng_state()}
-    path = save_checkpoint(tmp_path / "c.pt", state)
-    back = load_checkpoint(path)
-    assert back["step"] == 3 and back["history"] == state["history"]
-    _assert_same_state(back["model"], state["model"])
-
-    torch.save({"x": Evil()}, tmp_path / "evil.pt")  # arbitrary pickled object: refused
-    with pytest.raises(Exception, match="[Ww]eights only"):
-        load_checkpoint(tmp_path / "evil.pt")
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "f.json"
-    target.write_text("old")
-
-    def broken(f):
-        f.write("half")
-        raise RuntimeError("killed mid-write")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, broken)
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left
+def test_fit_reports_test_numbers_at_the_validation_selected_step(tmp_path):
+    train, test = _data()
+    val = (train[0][:60], train[1][:60])
+    res = fit(_model(), train, test, CFG, tmp_path, val=val)
+    hist = res["history"]
+    assert all({"val_acc", "val_loss", "test_acc", "test_loss"} <= set(r) for r in hist)
+    best_val = max(r["val_acc"] for r in hist)
+    sel = res["selected"]
+    assert sel["val_acc"] == best_val and res["selected_step"] == sel["step"]
+    assert sel["step"] == min(r["step"] for r in hist if r["val_acc"] == best_val)
+    assert sel["test_acc"] == next(r["test_acc"] for r in hist if r["step"] == sel["step"])
 
 
 def test_metrics_log_and_truncate(tmp_path):

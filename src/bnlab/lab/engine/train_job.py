@@ -1,7 +1,7 @@
 """``bnlab train``: one model, one dataset, one norm layer, one optimizer — torchrun-ready.
 
 ``run_training(TrainConfig(...), out_dir)`` loads the data, builds the model (seeded),
-optionally converts its BN layers to SyncBatchNorm, trains it with :func:`~bnlab.lab.train.fit`
+optionally converts its BN layers to SyncBatchNorm, trains it with :func:`~bnlab.lab.engine.train.fit`
 and writes ``config.json``, ``metrics.jsonl``, ``checkpoints/model.pt`` and ``results.json``
 into ``out_dir``. Launched by ``torchrun --nproc-per-node N -m bnlab train ...`` it joins a
 gloo process group and trains data-parallel (DDP); rank 0 writes the files.
@@ -33,7 +33,7 @@ def _f(default, help):
 
 @dataclass(frozen=True)
 class TrainConfig(LoopConfig):
-    """Settings of ``bnlab train`` (loop fields from :class:`~bnlab.lab.train.LoopConfig`)."""
+    """Settings of ``bnlab train`` (loop fields from :class:`~bnlab.lab.engine.train.LoopConfig`)."""
 
     model: str = _f("mnist-mlp", "mnist-mlp | seed-net | vgg-small | bn-inception")
     dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | fashion-mnist | cifar10")
@@ -90,7 +90,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) ->
                       meta={"model": cfg.model, "dataset": cfg.dataset, "norm": cfg.norm,
                             "binarize": cfg.binarize, "sync_bn": cfg.sync_bn, "world_size": size},
                       desc=f"train {cfg.model}")
-        results = {"world_size": size, **results}
+        final = results["final"] or {}
+        results = {"world_size": size, "final_test_acc": final.get("test_acc"), **results}
         if rank == 0:
             write_json(out_dir / "results.json", results)
         return results

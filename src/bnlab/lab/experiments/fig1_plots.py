@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ..report.figures import legend_below, mean_band, new_figure, save_figure, style
+from ..report.figures import color_name, legend_below, mean_band, new_figure, save_figure, style
 
 NETS = (("plain", "without BN"), ("bn", "with BN"))
 
@@ -54,7 +54,8 @@ def _unit(cfg, results, out_dir: Path) -> dict[str, str]:
     axes[0][0].set_ylabel("input to sigmoid unit 0, last hidden layer")
     fig.suptitle("Fig. 1(b, c): one sigmoid's input distribution over training (seed "
                  f"{results.seeds['plain'][0]}, fixed probe batch)", fontsize=10)
-    legend_below(fig, axes=axes[0][:1], ncol=3, note="colour: network (blue with BN, orange without)")
+    colours = ", ".join(f"{color_name(i)}: {label}" for i, (_, label) in enumerate(NETS))
+    legend_below(fig, axes=axes[0][:1], ncol=3, note=f"colour = network ({colours}); line style = percentile")
     return save_figure(fig, out_dir, "fig1_bc_sigmoid_input.png",
                        "The 15th, 50th and 85th percentiles of the input to one sigmoid (unit 0 of the last "
                        "hidden layer) on a fixed probe batch. The claim: flat bands with BN (c), bands that "

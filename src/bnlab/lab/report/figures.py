@@ -16,12 +16,14 @@ from typing import Any, Sequence
 from ..runs.runfiles import atomic_write
 from .verdict import mean_ci
 
-__all__ = ["pyplot", "new_figure", "style", "mean_band", "legend_below", "save_figure", "DPI", "PALETTE"]
+__all__ = ["pyplot", "new_figure", "layout_problems", "style", "color_name", "mean_band", "legend_below", "save_figure", "DPI", "PALETTE"]
 
 DPI = 200
 #: Okabe & Ito's colour-blind-safe palette, then matplotlib's tab10
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#F0E442",
            "tab:brown", "tab:gray")
+#: names of the palette's colours, for captions and legend notes
+COLOR_NAMES = ("blue", "orange", "green", "pink", "red", "sky blue", "black", "yellow", "brown", "grey")
 _LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -40,6 +42,11 @@ def style(i: int) -> dict[str, Any]:
     """Colour, line style and marker of the ``i``-th arm (the same in every figure)."""
     return {"color": PALETTE[i % len(PALETTE)], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
             "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def color_name(i: int) -> str:
+    """The name of the ``i``-th arm's colour ("blue", "orange", ...), for notes and captions."""
+    return COLOR_NAMES[i % len(COLOR_NAMES)]
 
 
 def mean_band(ax, x: Sequence[float], per_seed: Sequence[Sequence[float]], label: str, i: int,
@@ -81,11 +88,41 @@ def _confined(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / name
 
 
+def layout_problems(fig) -> list[str]:
+    """What breaks the conventions: a legend over an axes, a labelled curve missing from every legend.
+
+    Called by :func:`save_figure`, which refuses to write a figure with problems.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    problems = []
+    for leg in legends:
+        box = leg.get_window_extent(renderer)
+        for i, ax in enumerate(fig.axes):
+            if box.overlaps(ax.get_window_extent(renderer)):
+                problems.append(f"a legend overlaps axes {i} ({ax.get_title()[:40]!r}); use legend_below")
+    in_legend = {t.get_text() for leg in legends for t in leg.get_texts()}
+    for ax in fig.axes:
+        for artist in [*ax.lines, *ax.collections, *ax.patches]:
+            label = artist.get_label()
+            if label and not label.startswith("_") and legends and label not in in_legend:
+                problems.append(f"curve {label!r} is not in the legend")
+    return problems
+
+
 def save_figure(fig, out_dir: str | os.PathLike, name: str, caption: str) -> dict[str, str]:
-    """Save ``fig`` as ``out_dir/name`` (PNG, 200 dpi, atomic), close it; its report record."""
+    """Save ``fig`` as ``out_dir/name`` (PNG, 200 dpi, atomic), close it; its report record.
+
+    Raises ``ValueError`` (and writes nothing) when :func:`layout_problems` finds any, or when
+    ``caption`` is empty: every figure says what to see.
+    """
     plt = pyplot()
     path = _confined(Path(out_dir), name)
     try:
+        problems = layout_problems(fig) + ([] if caption.strip() else ["the caption is empty"])
+        if problems:
+            raise ValueError(f"figure {name}: " + "; ".join(problems))
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"), mode="wb")
     finally:
         plt.close(fig)

@@ -111,7 +111,9 @@ def _figure_html(fig: Mapping[str, str], run_dir: Path) -> str:
     path = run_dir / name
     if Path(name).name != name or not path.is_file():
         return f'<p class="meta">figure {_e(name)} is missing</p>'
-    return (f'<figure><img src="{png_data_uri(path)}" alt="{_e(fig.get("caption", name))}">'
+    uri = png_data_uri(path)
+    width = int.from_bytes(path.read_bytes()[16:20], "big") // 2  # IHDR width; 2 pixels per CSS px
+    return (f'<figure><img src="{uri}" width="{width}" alt="{_e(fig.get("caption", name))}">'
             f"<figcaption>{_e(fig.get('caption', ''))}</figcaption></figure>")
 
 
