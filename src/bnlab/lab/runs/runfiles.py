@@ -1,87 +1,98 @@
-"""Files of a run folder, written atomically: ``config.json``, ``results.json``, text.
+"""Files of a run folder: ``config.json``, ``results.json``, ``metrics.jsonl``, text.
 
-Atomic = write a temporary file in the same folder, flush and fsync it, then
-``os.replace`` it over the target, so a reader (or a run killed mid-write) never sees a
-half-written file.
+Writes go through the lab's one atomic writer (:mod:`bnlab.lab.runs.atomic`). Reads
+never trust the file: :func:`read_json` turns an empty, truncated, non-UTF-8 or
+non-object file into one :class:`RunFileError` line naming the file and the remedy, and
+:func:`read_jsonl` keeps only the well-formed object records of a JSON-lines log.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_json", "read_json", "write_text", "run_metadata", "jsonable"]
+from .atomic import atomic_open, atomic_write_json, atomic_write_text, jsonable
+
+__all__ = ["atomic_write", "write_json", "read_json", "read_jsonl", "write_text", "run_metadata",
+           "jsonable", "RunFileError"]
+
+
+class RunFileError(ValueError):
+    """A run-folder file is missing, malformed or not the kind of file expected."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
     """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def jsonable(obj: Any) -> Any:
-    """Make ``obj`` strict JSON: non-finite floats become ``None``, tuples lists, tensors numbers."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    with atomic_open(path, "wb" if "b" in mode else "w") as f:
+        write(f)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    return atomic_write(path, lambda f: f.write(text))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return atomic_write_json(path, obj)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text))
+    return atomic_write_text(path, text)
+
+
+def read_json(path: str | os.PathLike, *, kind: str = "object") -> Any:
+    """The JSON object in ``path``; :class:`RunFileError` (one line) if it is not one.
+
+    ``kind="object"`` requires a JSON object (``{...}``), ``kind="any"`` accepts any value.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise RunFileError(f"{p} does not exist") from None
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunFileError(f"{p} is not UTF-8 text (corrupt?): delete it or rerun with --force") from None
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not raw.strip() else f"is not valid JSON ({exc.msg}, line {exc.lineno})"
+        raise RunFileError(f"{p} {what}: delete it or rerun with --force") from None
+    if kind == "object" and not isinstance(value, dict):
+        raise RunFileError(f"{p} holds {type(value).__name__}, not a JSON object: "
+                           "delete it or rerun with --force")
+    return value
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The object records of a JSON-lines file, in order.
+
+    Lines that are empty, torn by a kill, not JSON, or JSON but not an object (``null``,
+    numbers, lists) are skipped; bytes that are not UTF-8 are replaced, so one damaged
+    line costs that line only. A missing file has no records.
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
 def run_metadata() -> dict[str, Any]:
     """Versions and machine facts written beside every resolved config."""
     import torch
 
-    import bnlab
+    from .identity import code_version
 
     return {
-        "bnlab": bnlab.__version__,
+        "bnlab": code_version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
