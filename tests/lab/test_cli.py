@@ -1,115 +1,195 @@
-"""The bnlab command: help everywhere, one-line errors, list/run/reproduce/train end to end."""
+"""The bnlab command: help, --version, one-line errors naming the flag, exit codes, train/compare/data/build.
+
+Exit status contract: 0 success, 2 the command line cannot work (bad names/values, unusable
+``--out``), 1 the work started and failed, 130 interrupted. Experiments' own commands
+(``run``/``reproduce``) are tested in test_cli_run.py.
+"""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 
 import bnlab
-from bnlab.lab.cli import main
-from bnlab.lab.config import ConfigError, apply_overrides, config_from_dict, config_to_dict
-from bnlab.lab.experiments import experiments
-from bnlab.lab.experiments.fig1 import PRESETS, Fig1Config
-from bnlab.lab.runs.runfiles import read_json
+from bnlab.lab import cli as cli_module
+from bnlab.lab.cli import default_threads, main
+from bnlab.lab.runs.runfiles import read_json, read_jsonl
 
-
-@pytest.fixture(autouse=True)
-def _reference_kernels():
-    previous = bnlab.get_backend()
-    bnlab.set_backend("reference")
-    yield
-    bnlab.set_backend(previous)
+TRAIN = ["train", "--model", "mnist-mlp", "--optimizer", "adam", "--lr", "0.01", "--batch-size", "32",
+         "--eval-every", "10", "--threads", "1"]
 
 
 def cli(*argv) -> int:
     try:
-        return main(list(argv))
-    except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+        return main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse: --help/--version (0) and usage errors (2)
         return exc.code
 
 
-@pytest.mark.parametrize("argv", [[], ["list"], ["run"], ["run", "fig1"], ["reproduce"], ["train"]])
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv", [[], ["list"], ["train"], ["compare"], ["data"], ["data", "fetch"],
+                                  ["data", "verify"], ["build"], ["reproduce"]])
 def test_every_subcommand_has_help(argv, capsys):
     assert cli(*argv, "--help") == 0
     assert "usage: bnlab" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["frobnicate"], "invalid choice"),
-    (["run", "no-such-exp"], "invalid choice"),
-    (["run", "fig1", "--preset", "huge"], "invalid choice"),
-    (["run", "fig1", "--steps", "ten"], "invalid int value"),
-    (["run", "fig1", "--lr", "-1"], "lr must be positive"),
-    (["run", "fig1", "--neuron", "500"], "neuron must be in 0..99"),
-    (["run", "fig1", "--no-such-flag"], "unrecognized arguments"),
-    (["train", "--model", "resnet9000"], "model must be one of"),
-    (["train", "--norm", "magic"], "norm must be one of"),
-    (["train", "--optimizer", "lbfgs"], "optimizer must be one of"),
-    (["reproduce", "--only", "nope"], "unknown experiment"),
-    ([], "required"),
+def test_version(capsys):
+    assert cli("--version") == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"bnlab {bnlab.__version__} ") and "torch" in out
+
+
+@pytest.mark.parametrize("argv,code,fragments", [
+    (["frobnicate"], 2, ["invalid choice"]),
+    (["train", "--steps", "ten"], 2, ["--steps", "invalid int value"]),
+    (["train", "--batch-size", "0"], 2, ["--batch-size must be >= 1, got 0"]),
+    (["train", "--lr", "-1"], 2, ["--lr must be positive"]),
+    (["train", "--model", "resnet9000"], 2, ["--model must be one of"]),
+    (["train", "--dataset", "imagenet"], 2, ["--dataset imagenet", "choose from", "mnist-embedded"]),
+    (["train", "--norm", "magic"], 2, ["--norm must be one of"]),
+    (["train", "--timeout", "0"], 2, ["--timeout must be > 0"]),
+    (["train", "--model", "bn-inception"], 2, ["--model bn-inception", "1×28×28", "models that do: mnist-mlp"]),
+    (["train", "--out", "/proc/nope"], 2, ["--out /proc/nope", "cannot create", "writable"]),
+    (["train", "--out", "/etc/passwd"], 2, ["--out /etc/passwd is a file", "choose a folder"]),
+    (["data", "fetch", "imagenet"], 2, ["unknown dataset", "cifar10"]),
+    (["compare", "/nonexistent/a", "/nonexistent/b"], 2, ["RUN_A /nonexistent/a", "no such run folder"]),
+    ([], 2, ["required"]),
 ])
-def test_bad_arguments_give_one_line_and_nonzero_exit(argv, fragment, capsys):
-    code = cli(*argv)
-    err = capsys.readouterr().err
-    assert code != 0
-    assert fragment in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+def test_errors_are_one_line_naming_the_flag(argv, code, fragments, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default --out must not land in the checkout
+    assert cli(*argv) == code
+    err = one_line(capsys)
+    assert re.match(r"bnlab( [a-z]+)*: error: ", err), err
+    for f in fragments:
+        assert f in err, (f, err)
+    assert not (tmp_path / "runs").exists()  # nothing left behind
 
 
-def test_console_script_error_has_no_traceback():
-    env = {**os.environ, "CI": "1"}
-    p = subprocess.run([sys.executable, "-m", "bnlab", "run", "fig1", "--batch-size", "0"],
-                       capture_output=True, text=True, timeout=120, env=env)
-    assert p.returncode == 2 and p.stderr.strip() == "bnlab: error: batch_size must be >= 1, got 0"
+def test_console_script_error_has_no_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bnlab", "train", "--batch-size", "0"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "CI": "1"})
+    assert p.returncode == 2 and p.stderr.strip() == "bnlab: error: --batch-size must be >= 1, got 0"
 
 
-def test_list_shows_experiments_and_presets(capsys):
-    assert cli("list") == 0
-    out = capsys.readouterr().out
-    for name, exp in experiments().items():
-        assert name in out
-        for preset in exp.presets:
-            assert f"--preset {preset}" in out
-    assert "fig1" in experiments() and {"quick", "paper"} <= set(experiments()["fig1"].presets)
-
-
-def test_config_flags_roundtrip():
-    cfg = apply_overrides(PRESETS["quick"], {"steps": 5, "targets": (0.5,)})
-    assert cfg.steps == 5 and cfg.lr == PRESETS["quick"].lr
-    assert config_from_dict(Fig1Config, config_to_dict(cfg)) == cfg
-    with pytest.raises(ConfigError, match="unknown config field"):
-        apply_overrides(cfg, {"stepz": 5})
-
-
-def test_run_with_overrides_writes_resolved_config(tmp_path, capsys):
-    out = tmp_path / "r"
-    assert cli("run", "fig1", "--preset", "tiny", "--steps", "60", "--eval-every", "30",
-               "--probe-size", "50", "--out", str(out)) == 0
-    cfg = read_json(out / "config.json")
-    assert cfg["config"]["steps"] == 60 and cfg["config"]["probe_size"] == 50 and cfg["preset"] == "tiny"
-    assert read_json(out / "results.json")["networks"]["bn"]["steps"] == 60
-    assert "with BN" in capsys.readouterr().out
-
-
-def test_reproduce_writes_results_md(tmp_path, capsys):
-    out = tmp_path / "rep"
-    assert cli("reproduce", "--preset", "tiny", "--only", "fig1", "--out", str(out)) == 0
-    md = (out / "results.md").read_text()
-    assert "## fig1" in md and "Claim" in md
-    for link in ("fig1/fig1_a_test_accuracy.png", "fig1/fig1_bc_sigmoid_input.png"):
-        assert f"]({link})" in md and (out / link).is_file()
-    assert "results.md" in capsys.readouterr().out
-
-
-def test_train_command(tmp_path, capsys):
+def test_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "t"
-    assert cli("train", "--model", "mnist-mlp", "--norm", "batch", "--optimizer", "adam", "--lr", "0.01",
-               "--steps", "40", "--eval-every", "20", "--ckpt-every", "20", "--threads", "1",
-               "--out", str(out)) == 0
+    assert cli(*TRAIN, "--steps", "40", "--ckpt-every", "20", "--out", out) == 0
     res = read_json(out / "results.json")
     assert res["status"] == "completed" and res["steps"] == 40 and res["world_size"] == 1
-    assert res["final_test_acc"] > 0.5
-    assert (out / "checkpoints" / "model.pt").is_file()
+    assert res["final_test_acc"] > 0.5 and res["identity"]["code"].startswith(bnlab.__version__)
+    assert (out / "checkpoints" / "model.pt").is_file() and (out / "checkpoints" / "model.pt.sha256").is_file()
     assert "final test accuracy" in capsys.readouterr().out
+
+
+def test_compare_two_runs_table_and_figure(tmp_path, capsys):
+    a, b, fig = tmp_path / "a", tmp_path / "b", tmp_path / "cmp.png"
+    assert cli(*TRAIN, "--steps", "20", "--out", a) == 0
+    assert cli(*TRAIN, "--steps", "30", "--seed", "1", "--out", b) == 0
+    capsys.readouterr()
+    assert cli("compare", a, b, "--metrics", "test_acc", "train_loss", "--figure", fig) == 0
+    out = capsys.readouterr().out
+    last_a, last_b = read_jsonl(a / "metrics.jsonl")[-1], read_jsonl(b / "metrics.jsonl")[-1]
+    row = next(line for line in out.splitlines() if line.startswith("test_acc"))
+    assert f"{last_a['test_acc']:.4g} @20" in row and f"{last_b['test_acc']:.4g} @30" in row
+    assert f"{last_b['test_acc'] - last_a['test_acc']:+.4g}" in row
+    assert "lr " not in out  # only the metrics asked for
+    import matplotlib.image as mpimg
+    img = mpimg.imread(fig)
+    assert img.shape[0] > 300 and img.shape[1] > 600 and img[..., :3].std() > 0.05  # drawn, not blank
+    assert cli("compare", a, b, "--metrics", "nope") == 2
+    assert "--metrics nope" in one_line(capsys)
+
+
+def test_compare_reads_damaged_logs(tmp_path, capsys):
+    for name, body in (("a", b'{"step": 10, "test_acc": 0.5}\nnull\n\xff\xfe\n{"step": 20, "test_acc": 0.7}\n'),
+                       ("b", b'[]\n{"step": 10, "test_acc": 0.6}\n{"step": 20, "te')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_bytes(body)
+    assert cli("compare", tmp_path / "a", tmp_path / "b", "--figure", "") == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test_acc"))
+    assert "0.7 @20" in row and "0.6 @10" in row and "-0.1" in row
+
+
+def test_data_list_and_verify(tmp_path, capsys):
+    assert cli("data", "list") == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("mnist-embedded", "mnist", "fashion-mnist", "cifar10"))
+    assert cli("data", "verify", "mnist", "--data-dir", tmp_path) == 1
+    err = one_line(capsys)
+    assert str(tmp_path) in err and "fetch" in err
+
+
+def test_data_fetch_downloads_and_verifies(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import bnlab.lab.data as data
+    calls = []
+
+    def fake_load(name, split, data_dir=None, download=False, dtype=None, base_url=None):
+        calls.append((name, split, data_dir, download, base_url))
+        return torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)
+
+    monkeypatch.setattr(data, "load_dataset", fake_load)
+    assert cli("data", "fetch", "mnist", "--data-dir", tmp_path, "--base-url", "http://127.0.0.1:9/") == 0
+    assert calls == [("mnist", s, str(tmp_path), True, "http://127.0.0.1:9/") for s in ("train", "test")]
+    assert "verified" in capsys.readouterr().out
+
+
+def test_build_calls_the_kernel_builder_or_says_it_is_absent(monkeypatch, capsys):
+    import bnlab.kernels as kernels
+
+    seen = []
+    monkeypatch.setattr(kernels, "build", lambda verbose=False: seen.append(verbose) or "built: /cache/x.so",
+                        raising=False)
+    assert cli("build") == 0 and seen == [True] and "built: /cache/x.so" in capsys.readouterr().out
+    monkeypatch.delattr(kernels, "build")
+    assert cli("build") == 1
+    assert "no build step" in one_line(capsys)
+
+
+def test_bench_is_delegated_with_its_arguments(monkeypatch):
+    seen = []
+    fake = types.ModuleType("bnlab.lab.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "bnlab.lab.bench", fake)
+    assert cli("bench", "--preset", "quick", "--help") == 0 and seen == [["--preset", "quick", "--help"]]
+
+
+@pytest.mark.parametrize("cpus,load,env,want", [
+    (2, 6.1, "", 1),     # oversubscribed 2-core machine: 1, not torch's 2
+    (2, 1.2, "", 1),     # one core already busy
+    (2, 0.1, "", 2),
+    (16, 0.0, "", 4),    # small networks: capped at 4
+    (16, 13.6, "", 2),
+    (1, 0.0, "", 1),
+    (16, 0.0, "3", 3),   # BNLAB_THREADS overrides
+])
+def test_default_threads(monkeypatch, cpus, load, env, want):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setenv("BNLAB_THREADS", env)
+    assert default_threads() == want
+
+
+def test_train_uses_the_default_threads(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(cli_module, "default_threads", lambda: 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli(*[a for a in TRAIN if a not in ("--threads",)][:-1], "--threads", "0", "--steps", "10",
+                   "--out", tmp_path / "t") == 0
+        assert read_json(tmp_path / "t" / "config.json")["meta"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)

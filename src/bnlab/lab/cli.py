@@ -138,7 +138,7 @@ def _build_parser(command: str | None = None) -> _Parser:
     cmp_.add_argument("run_b", type=Path, metavar="RUN_B")
     cmp_.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
                       help="metrics to compare (default: every numeric metric both runs log)")
-    cmp_.add_argument("--figure", type=Path, default=Path("compare.png"),
+    cmp_.add_argument("--figure", default="compare.png", metavar="FILE",
                       help="where to write the figure (default: compare.png; '' for none)")
 
     data = sub.add_parser("data", help="list, fetch or verify datasets",
@@ -369,7 +369,7 @@ def _cmd_compare(args) -> int:
     from .compare import compare_runs
 
     text, figure = compare_runs(args.run_a, args.run_b, metrics=args.metrics,
-                                figure=args.figure if str(args.figure) else None)
+                                figure=Path(args.figure) if args.figure else None)
     print(text)
     if figure is not None:
         print(f"figure: {figure}")
@@ -401,9 +401,8 @@ def _cmd_build() -> int:
     try:
         from ..kernels import build
     except ImportError:
-        print("bnlab: this bnlab has no compiled kernels to build (the pure-PyTorch reference is used)",
-              file=sys.stderr)
-        return EXIT_FAILED
+        raise RuntimeError("this bnlab has no build step for compiled kernels (bnlab.kernels.build is "
+                           "missing): nothing to build, the PyTorch reference kernels are used") from None
     print(build(verbose=True))
     return 0
 
