@@ -77,7 +77,7 @@ class Fig1Config(ExperimentConfig, DataConfig, LoopConfig):
 
 
 PRESETS = {
-    "tiny": Fig1Config(dataset="mnist-embedded", steps=200, eval_every=50, probe_size=100, val_size=200,
+    "tiny": Fig1Config(dataset="mnist-embedded", steps=120, eval_every=40, probe_size=100, val_size=200,
                        train_limit=1000, sensitivity=()),
     "quick": Fig1Config(),
     "full": Fig1Config(dataset="fashion-mnist", steps=20_000, eval_every=500, val_size=5000,

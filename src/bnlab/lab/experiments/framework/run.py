@@ -68,11 +68,12 @@ def _write_outputs(out_dir: Path, record: dict[str, Any], results: Results) -> N
 
 def run(exp: Experiment, cfg, out_dir: str | Path, *, preset: str | None = None, control: bool = False,
         resume: bool = False, reuse: Results | None = None, data: Any = None,
-        figures: bool = True) -> tuple[dict[str, Any], Results]:
+        figures: bool | None = None) -> tuple[dict[str, Any], Results]:
     """Run ``exp`` with ``cfg`` into ``out_dir``; return (results.json content, :class:`Results`).
 
     ``control=True``: every treatment arm is the baseline network on other seeds.
     ``reuse``: a finished :class:`Results` whose arms with unchanged seeds are taken, not retrained.
+    ``figures``: draw the experiment's figures (default: yes, except for a control).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def run(exp: Experiment, cfg, out_dir: str | Path, *, preset: str | None = None,
                       control=control)
         plan = control_arms(exp, cfg) if control else [(a, a, 0) for a in exp.arms(cfg)]
         results = train_all(exp, cfg, ctx, plan, reuse=reuse)
-        figs = exp.figures(cfg, results, out_dir) if figures else ()
+        figs = exp.figures(cfg, results, out_dir) if (not control if figures is None else figures) else ()
     finally:
         torch.set_num_threads(threads)
     record = results_record(exp, cfg, results, preset=preset, control=control, figures=figs,
@@ -105,7 +106,7 @@ def run_with_control(exp: Experiment, cfg, out_dir: str | Path, *, preset: str |
     data = exp.load(cfg)  # loaded once for both runs
     record, results = run(exp, cfg, out_dir, preset=preset, resume=resume, data=data)
     ctl, _ = run(exp, cfg, out_dir / "control", preset=preset, control=True, resume=resume,
-                 reuse=results, data=data, figures=False)
+                 reuse=results, data=data)
     record["control_summary"] = {
         "verdict": ctl["verdict"], "path": "control/results.json",
         "checks": [{k: v for k, v in c.items() if not k.endswith("_values")} for c in ctl["checks"]],
