@@ -15,6 +15,7 @@ import pickle
 import struct
 import tarfile
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -107,10 +108,13 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; counts requests; ``truncate`` paths get half the body."""
+    """Serves a directory; counts requests. Per file name: ``truncate`` sends half the body,
+    ``trickle`` sends one byte every 0.5 s, ``redirects`` maps a request path to a Location."""
 
     requests: list[str]
     truncate: set[str]
+    trickle: set[str]
+    redirects: dict[str, str]
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -118,28 +122,50 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         self.requests.append(self.path)
         name = self.path.rsplit("/", 1)[-1]
-        if name in self.truncate:
+        if self.path in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if name in self.truncate or name in self.trickle:
             body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
+            if name in self.truncate:
+                self.wfile.write(body[: len(body) // 2])
+            else:
+                self._trickle(body)
             self.wfile.flush()
             self.close_connection = True
             return
         super().do_GET()
 
+    def _trickle(self, body: bytes) -> None:
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:  # the client gave up
+            pass
+
 
 @contextlib.contextmanager
-def serve(directory: Path, truncate: set[str] | None = None) -> Iterator[tuple[str, list[str]]]:
+def serve(directory: Path, truncate: set[str] | None = None, trickle: set[str] | None = None,
+          redirects: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
     """Serve ``directory`` on http://127.0.0.1:<ephemeral port>; yield (base URL, request log)."""
     log: list[str] = []
-    handler = type("Handler", (_Handler,), {"requests": log, "truncate": truncate or set()})
+    handler = type("Handler", (_Handler,), {"requests": log, "truncate": truncate or set(),
+                                            "trickle": trickle or set(),
+                                            "redirects": redirects or {}})
 
     def factory(*args, **kwargs):
         return handler(*args, directory=str(directory), **kwargs)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), factory)
+    server.daemon_threads = True
     server.timeout = 5
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)

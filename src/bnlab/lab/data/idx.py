@@ -33,19 +33,18 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_BYTES = 1 << 30  # refuse to inflate more than 1 GiB (the largest official file is 47 MB)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, gunzipped when it starts with the gzip magic."""
-    raw = path.read_bytes()
+def gunzip(raw: bytes, name: str = "<bytes>") -> bytes:
+    """``raw`` decompressed when it starts with the gzip magic, else ``raw`` itself."""
     if not raw.startswith(_GZIP_MAGIC):
         return raw
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
             data = gz.read(_MAX_BYTES + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
-        raise FormatError(f"{path}: corrupt or truncated gzip data ({err}); delete the file "
+        raise FormatError(f"{name}: corrupt or truncated gzip data ({err}); delete the file "
                           "and download it again") from err
     if len(data) > _MAX_BYTES:
-        raise FormatError(f"{path}: inflates to more than {_MAX_BYTES} bytes; not an IDX file")
+        raise FormatError(f"{name}: inflates to more than {_MAX_BYTES} bytes; not an IDX file")
     return data
 
 
@@ -78,7 +77,7 @@ def parse_idx(data: bytes, *, ndim: int | None = None, name: str = "<bytes>") ->
 def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
     """Read an IDX file (``.gz`` or raw) into a NumPy array; see :func:`parse_idx`."""
     path = Path(path)
-    return parse_idx(_read_bytes(path), ndim=ndim, name=str(path))
+    return parse_idx(gunzip(path.read_bytes(), str(path)), ndim=ndim, name=str(path))
 
 
 def read_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike,
@@ -88,8 +87,13 @@ def read_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike
     Checks that the image file is 3-d uint8, the label file 1-d uint8, that both hold
     the same N and that every label is in ``[0, num_classes)``.
     """
-    images = read_idx(images_path, ndim=3)  # (N, H, W)
-    labels = read_idx(labels_path, ndim=1)  # (N,)
+    return idx_pair(read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1),
+                    images_path, labels_path, num_classes=num_classes)
+
+
+def idx_pair(images: np.ndarray, labels: np.ndarray, images_path: object, labels_path: object,
+             *, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check decoded image (N, H, W) / label (N,) arrays and return them as tensors."""
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         raise FormatError(f"{images_path}, {labels_path}: expected uint8 IDX data, "
                           f"got {images.dtype} and {labels.dtype}")

@@ -1,4 +1,5 @@
-"""Where the lab keeps data: ``data_dir`` argument > env ``BNLAB_DATA`` > user cache dir."""
+"""Where the lab keeps data: ``data_dir`` argument > env ``BNLAB_DATA`` > user cache dir;
+then read-only system copies (:data:`SYSTEM_DIRS`)."""
 from __future__ import annotations
 
 import os
@@ -26,3 +27,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if data_dir is None:
         return default_data_dir()
     return Path(data_dir).expanduser()
+
+
+# Read-only, system-wide copies installed by a package manager, searched after the data
+# directory and before any download. Debian/Ubuntu: ``apt-get install dataset-fashion-mnist``.
+SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
+    "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
+}
+SYSTEM_PACKAGES: dict[str, str] = {"fashion-mnist": "dataset-fashion-mnist"}
+
+
+def system_dirs(name: str) -> tuple[Path, ...]:
+    """System folders that may hold dataset ``name``'s official files (may not exist)."""
+    return SYSTEM_DIRS.get(name, ())

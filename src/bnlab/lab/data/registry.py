@@ -8,11 +8,12 @@ from typing import Sequence
 
 import torch
 
-from . import cifar, embedded, idx
+from . import cifar, embedded, idx, local
 from .download import download_file, verify_file
-from .errors import ChecksumError, MissingDataError
-from .paths import resolve_data_dir
+from .errors import ChecksumError
+from .paths import SYSTEM_PACKAGES, resolve_data_dir
 from .sources import SOURCES
+from .tempfiles import clean_orphans
 
 DIGITS = tuple(str(d) for d in range(10))
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -91,41 +92,70 @@ def dataset_info(name: str) -> DatasetInfo:
 def ensure_files(name: str, files: Sequence[str], data_dir: Path, *, download: bool,
                  base_url: str | Sequence[str] | None = None,
                  progress: bool | None = None) -> dict[str, Path]:
-    """Paths of ``files`` of dataset ``name`` in ``data_dir/name/``, verified.
+    """Paths of ``files`` of dataset ``name``, found in the search order of :mod:`.local`.
 
-    Present files are checked against the published checksums. Missing (or, with
-    ``download=True``, mismatching) files are downloaded when ``download`` is true;
-    otherwise :class:`MissingDataError` names them, the directory and how to get them.
+    Temp files of killed downloads are removed from ``data_dir/name/`` first. Files in
+    ``data_dir/name/`` are not verified here (:func:`load_verified` and the CIFAR reader
+    do that); missing files are downloaded when ``download`` is true, otherwise
+    :class:`MissingDataError` says in one line where they were looked for and how to get them.
     """
-    source = SOURCES[name]
     folder = data_dir / name
-    paths = {f: folder / f for f in files}
-    missing = [f for f, p in paths.items() if not p.is_file()]
-    if missing and not download:
-        raise MissingDataError(_missing_message(name, missing, folder))
-    for f, p in paths.items():
-        if f in missing:
-            download_file(source, f, folder, base_url=base_url, progress=progress)
-            continue
-        try:
-            verify_file(p, source.file(f))
-        except ChecksumError as err:
-            if not download:
-                raise ChecksumError(f"{err}\n  Delete {p} and download it again "
-                                    "(download=True / --download replaces it).") from None
-            download_file(source, f, folder, base_url=base_url, progress=progress)
-    return paths
+    clean_orphans(folder, files)
+    found = local.find_folder(name, files, data_dir)
+    if found is None:
+        if not download:
+            local.raise_missing(name, files, data_dir)
+        for f in files:
+            if not (folder / f).is_file():
+                download_file(SOURCES[name], f, folder, base_url=base_url, progress=progress)
+        found = folder
+    return {f: found / f for f in files}
 
 
-def _missing_message(name: str, missing: Sequence[str], folder: Path) -> str:
-    source = SOURCES[name]
-    return (f"dataset {name!r}: missing file(s) {', '.join(missing)} in {folder}{os.sep}\n"
-            f"  To download them (HTTPS, checksum-verified): python -m bnlab.lab.data download "
-            f"{name} --data-dir {folder.parent}\n"
-            f"  or call load_dataset({name!r}, download=True) (command line: --download).\n"
-            f"  Or fetch them yourself from {source.mirrors[0]} (see {source.homepage}) "
-            f"and put them, still gzip'd, in {folder}{os.sep}\n"
-            f"  The data directory is --data-dir, else env BNLAB_DATA, else the user cache dir.")
+def load_verified(name: str, path: Path, data_dir: Path, *, download: bool,
+                  base_url: str | Sequence[str] | None = None,
+                  progress: bool | None = None) -> bytes:
+    """Decompressed, verified content of one file (with ``download``, a wrong one is replaced
+    by a fresh download into ``data_dir/name/``)."""
+    spec = SOURCES[name].file(path.name)
+    try:
+        return local.read_verified(path, spec)
+    except ChecksumError as err:
+        if not download:
+            raise ChecksumError(f"{err}; {_replace_hint(name, path, data_dir)}") from None
+    folder = data_dir / name
+    download_file(SOURCES[name], path.name, folder, base_url=base_url, progress=progress)
+    return local.read_verified(folder / path.name, spec)
+
+
+def _replace_hint(name: str, path: Path, data_dir: Path) -> str:
+    if path.parent != data_dir / name and name in SYSTEM_PACKAGES:
+        return (f"reinstall it (apt-get install --reinstall {SYSTEM_PACKAGES[name]}) "
+                "or run with --download")
+    return "delete it and run again with --download (download=True) to replace it"
+
+
+def _load_idx(name: str, split: str, root: Path, **fetch) -> tuple[torch.Tensor, torch.Tensor]:
+    paths = ensure_files(name, _MNIST_FILES[split], root, **fetch)
+    images_path, labels_path = paths.values()
+    images = idx.parse_idx(load_verified(name, images_path, root, **fetch), ndim=3,
+                           name=str(images_path))  # (N, H, W)
+    labels = idx.parse_idx(load_verified(name, labels_path, root, **fetch), ndim=1,
+                           name=str(labels_path))  # (N,)
+    return idx.idx_pair(images, labels, images_path, labels_path,
+                        num_classes=dataset_info(name).num_classes)
+
+
+def _load_cifar(split: str, root: Path, **fetch) -> tuple[torch.Tensor, torch.Tensor]:
+    path = ensure_files("cifar10", (_CIFAR_FILE,), root, **fetch)[_CIFAR_FILE]
+    try:
+        verify_file(path, SOURCES["cifar10"].file(_CIFAR_FILE))
+    except ChecksumError as err:
+        if not fetch["download"]:
+            raise ChecksumError(f"{err}; {_replace_hint('cifar10', path, root)}") from None
+        download_file(SOURCES["cifar10"], _CIFAR_FILE, path.parent,
+                      base_url=fetch["base_url"], progress=fetch["progress"])
+    return cifar.read_cifar10(path, split)
 
 
 def load_dataset(name: str = "mnist-embedded", split: str = "train",
@@ -140,6 +170,9 @@ def load_dataset(name: str = "mnist-embedded", split: str = "train",
         split: ``"train"`` or ``"test"``.
         data_dir: data/cache directory; None = :func:`default_data_dir`
             (env ``BNLAB_DATA``, else ``$XDG_CACHE_HOME/bnlab`` or ``~/.cache/bnlab``).
+            Files not there are then looked for in system copies (Fashion-MNIST:
+            ``/usr/share/datasets/fashion-mnist/``, ``apt-get install dataset-fashion-mnist``)
+            before any download.
         download: fetch missing files over HTTPS (ignored for the embedded set, which
             needs no network).
         dtype: ``torch.float32`` (default) or another float dtype: pixel values scaled
@@ -156,7 +189,7 @@ def load_dataset(name: str = "mnist-embedded", split: str = "train",
         ValueError: unknown name or split. MissingDataError: files absent and
         ``download=False``. ChecksumError / FormatError: a file is wrong or corrupt.
     """
-    info = dataset_info(name)
+    dataset_info(name)  # ValueError on an unknown name
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not (dtype == torch.uint8 or dtype.is_floating_point):
@@ -164,14 +197,12 @@ def load_dataset(name: str = "mnist-embedded", split: str = "train",
     root = resolve_data_dir(data_dir)
     if name == "mnist-embedded":
         x, y = embedded.load_embedded(split, root)
-    elif name in ("mnist", "fashion-mnist"):
-        paths = ensure_files(name, _MNIST_FILES[split], root, download=download,
-                             base_url=base_url, progress=progress)
-        x, y = idx.read_idx_pair(*paths.values(), num_classes=info.num_classes)
-    else:  # cifar10
-        paths = ensure_files(name, (_CIFAR_FILE,), root, download=download,
-                             base_url=base_url, progress=progress)
-        x, y = cifar.read_cifar10(paths[_CIFAR_FILE], split)
+    else:
+        fetch = dict(download=download, base_url=base_url, progress=progress)
+        if name in ("mnist", "fashion-mnist"):
+            x, y = _load_idx(name, split, root, **fetch)
+        else:  # cifar10
+            x, y = _load_cifar(split, root, **fetch)
     if dtype == torch.uint8:
         return x, y
     return x.to(dtype).div_(255.0), y
