@@ -50,6 +50,12 @@ def test_paired_ci_pairs_by_seed_and_drops_non_finite_pairs():
     (-0.4, 0.4, "within", 0.5, "holds"),
     (-0.4, 0.6, "within", 0.5, "inconclusive"),
     (0.6, 0.9, "within", 0.5, "contradicted"),
+    (-3.0, 0.4, "at_most", 0.5, "holds"),             # "does not increase by 0.5 or more"
+    (0.4, 0.6, "at_most", 0.5, "inconclusive"),
+    (0.6, 3.0, "at_most", 0.5, "contradicted"),
+    (-0.4, 3.0, "at_least", 0.5, "holds"),
+    (-0.6, -0.4, "at_least", 0.5, "inconclusive"),
+    (-3.0, -0.6, "at_least", 0.5, "contradicted"),
 ])
 def test_outcome_rule(lo, hi, direction, m, expected):
     assert outcome(Interval((lo + hi) / 2, lo, hi, 3), direction, m) == expected
@@ -133,7 +139,7 @@ def test_run_writes_results_json_with_the_contract(tmp_path):
     series = json.loads((tmp_path / "series.json").read_text())
     assert series["treat"][0] == {"seed": 0, "curve": [1.0, 2.0]}
     assert "scores &lt;b&gt;" in (tmp_path / "report.html").read_text()
-    assert "scores &lt;b&gt;" in (tmp_path / "results.md").read_text()
+    assert "scores \\<b\\>" in (tmp_path / "results.md").read_text()
 
 
 def test_a_real_opposite_effect_is_contradicted(tmp_path):

@@ -92,7 +92,7 @@ def test_figures_are_confined_to_the_run_folder(records, tmp_path):
 
 def test_markdown_is_escaped_and_has_the_numbers(records):
     md = page_markdown([r for r, _ in records])
-    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "<script>" not in md and "\\<script\\>" in md            # literal text, not raw HTML
     assert "| Inception | 31\\.0M |" in md or "| Inception | 31.0M |" in md
     assert "\\|\\*\\_" in md                                           # table/emphasis specials escaped
     assert "**Verdict: reproduced**" in section_markdown(records[0][0])

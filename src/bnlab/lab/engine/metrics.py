@@ -12,23 +12,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..runs.runfiles import atomic_write, jsonable
+from ..runs.runfiles import atomic_write, jsonable, read_jsonl
 
 __all__ = ["MetricsLog", "read_metrics", "truncate_after"]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` (a torn last line from a kill is skipped)."""
-    out = []
-    p = Path(path)
-    if not p.exists():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """All object records of a ``metrics.jsonl`` (torn, ``null``, non-object lines skipped)."""
+    return read_jsonl(path)
 
 
 def truncate_after(path: str | os.PathLike, step: int, run: str | None = None) -> None:

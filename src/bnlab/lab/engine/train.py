@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from ..config import ConfigError, check, config_to_dict
 from ..data.batches import BatchLoader
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.resume import check_resume
 from . import distributed as D
 from .metrics import MetricsLog, truncate_after
 from .optim import OPTIMIZERS, SCHEDULES, learning_rate, make_optimizer, set_lr
@@ -135,11 +136,9 @@ class _State:
     win_n: int = 0
 
 
-def _restore(path: Path, model: nn.Module, opt, fingerprint: dict[str, Any]) -> _State:
-    state = load_checkpoint(path)
-    if state["fingerprint"] != fingerprint:
-        diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        raise ConfigError(f"cannot resume {path}: settings differ in {diff}")
+def _restore(path: Path, model: nn.Module, opt, fingerprint: dict[str, Any], steps: int) -> _State:
+    state = load_checkpoint(path)                    # SHA-256 sidecar and structure verified
+    check_resume(state, fingerprint, steps, path)    # same settings, not more steps than asked
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
@@ -160,7 +159,7 @@ def _save(path: Path, model: nn.Module, opt, st: _State, fingerprint: dict[str, 
 def _eval_record(model: nn.Module, st: _State, lr: float, val: Split | None, test: Split | None,
                  on_eval: EvalHook | None) -> dict[str, Any]:
     rec: dict[str, Any] = {"step": st.step, "lr": lr, "train_loss": st.win_loss / st.win_n,
-                           "train_acc": st.win_correct / st.win_n}
+                           "train_acc": st.win_correct / st.win_n, "seconds": st.elapsed}
     for name, split in (("val", val), ("test", test)):
         if split is not None:
             rec[f"{name}_loss"], rec[f"{name}_acc"] = evaluate(model, *split)
@@ -195,7 +194,7 @@ def fit(model: nn.Module, train: Split, test: Split | None, cfg: LoopConfig, run
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     ckpt = run_dir / "checkpoints" / f"{tag or 'model'}.pt"
     fingerprint = _fingerprint(cfg, dict(meta or {}))
-    st = _restore(ckpt, model, opt, fingerprint) if resume and ckpt.exists() else _State()
+    st = _restore(ckpt, model, opt, fingerprint, cfg.steps) if resume and ckpt.exists() else _State()
     if rank == 0:  # drop records a killed run wrote after its last checkpoint (or an old run's)
         truncate_after(run_dir / "metrics.jsonl", st.step if resume else -1, run=tag)
     D.barrier()
@@ -211,15 +210,17 @@ def fit(model: nn.Module, train: Split, test: Split | None, cfg: LoopConfig, run
             diverged_at = st.step + 1
             log.log(diverged_at, event="diverged", train_loss=float("nan"), lr=lr)
             break
+        st.elapsed = elapsed0 + time.perf_counter() - t0   # training time so far (evaluations excluded)
         if st.step % cfg.eval_every == 0 or st.step == cfg.steps:
             if rank == 0:
+                t_eval = time.perf_counter()
                 rec = _eval_record(model, st, lr, val, test, on_eval)
                 st.history.append(rec)
                 log.log(**rec)
                 bar.set_postfix(loss=f"{rec['train_loss']:.3f}")
+                t0 += time.perf_counter() - t_eval              # evaluation time is not training time
             st.win_loss, st.win_correct, st.win_n = 0.0, 0, 0
         bar.update(1)
-        st.elapsed = elapsed0 + time.perf_counter() - t0
         if st.step == cfg.steps or (cfg.ckpt_every and st.step % cfg.ckpt_every == 0):
             _save(ckpt, model, opt, st, fingerprint)
         if on_step is not None:

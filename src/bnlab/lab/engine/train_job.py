@@ -54,8 +54,8 @@ class TrainConfig(LoopConfig):
 def load_train_test(dataset: str, data_dir: str = "", download: bool = False,
                     binarize: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """((x_train, y_train), (x_test, y_test)) as float32 images in [0, 1] and int64 labels."""
-    from .data import binarize as to_binary
-    from .data import load_dataset
+    from ..data import binarize as to_binary
+    from ..data import load_dataset
 
     out = []
     for split in ("train", "test"):

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..runs.safety import confined, escape_md
 from .verdict import VERDICT_RULE
 
 __all__ = ["render_page", "section_html", "section_markdown", "page_markdown", "png_data_uri",
@@ -71,7 +72,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def format_check(c: Mapping[str, Any]) -> dict[str, str]:
     """The printed pieces of one check record."""
     unit = f" {c.get('unit')}" if c.get("unit") else ""
-    sign = {"greater": "> +", "less": "< −", "within": "within ±"}[c["direction"]]
+    sign = {"greater": "> +", "less": "< −", "within": "within ±", "at_most": "< +", "at_least": "> −"}[c["direction"]]
     return {
         "statement": str(c["statement"]),
         "compare": f"{c['treatment']} − {c['baseline']} ({c['metric']})",
@@ -108,8 +109,11 @@ def _checks_html(checks: Sequence[Mapping[str, Any]], caption: str) -> str:
 
 def _figure_html(fig: Mapping[str, str], run_dir: Path) -> str:
     name = str(fig["file"])
-    path = run_dir / name
-    if Path(name).name != name or not path.is_file():
+    try:
+        path = confined(run_dir, name)
+    except ValueError:
+        path = None
+    if path is None or not path.is_file():
         return f'<p class="meta">figure {_e(name)} is missing</p>'
     uri = png_data_uri(path)
     width = int.from_bytes(path.read_bytes()[16:20], "big") // 2  # IHDR width; 2 pixels per CSS px
@@ -179,12 +183,9 @@ def render_page(entries: Iterable[tuple[Mapping[str, Any], str | os.PathLike]], 
             f"{summary}\n{body}\n</body></html>\n")
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+!|"})
-
-
 def _md(text: object) -> str:
-    """Text safe inside Markdown (specials escaped, HTML characters too)."""
-    return html.escape(str(text), quote=False).translate(_MD_SPECIAL)
+    """Text safe inside Markdown (the run folders' one escaper)."""
+    return escape_md(text)
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

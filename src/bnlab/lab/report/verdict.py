@@ -11,7 +11,13 @@ finite. The direction and the minimum effect ``m ≥ 0`` are fixed before the ru
   *contradicted* when ``ci_high < −m``, else *inconclusive*;
 - ``less``: the mirror image (*holds* when ``ci_high < −m``, *contradicted* when ``ci_low > m``);
 - ``within`` (the arms agree to within m): *holds* when ``−m < ci_low`` and ``ci_high < m``,
-  *contradicted* when the whole interval lies beyond ±m, else *inconclusive*.
+  *contradicted* when the whole interval lies beyond ±m, else *inconclusive*;
+- ``at_most`` (the treatment is not higher by m or more — "does not increase"): *holds* when
+  ``ci_high < m``, *contradicted* when ``ci_low > m``; ``at_least`` is its mirror (not lower
+  by m or more: *holds* when ``ci_low > −m``, *contradicted* when ``ci_high < −m``).
+
+A control cannot fail ``within``/``at_most``/``at_least`` checks, so every experiment has at
+least one ``greater``/``less`` check; that one is what keeps a control from being reproduced.
 
 With fewer than two finite pairs the interval is undefined and the check is *inconclusive*.
 The verdict of an experiment: *reproduced* when every check holds, *contradicted* when any is
@@ -31,15 +37,16 @@ __all__ = [
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "partly", "not run")
 OUTCOMES = ("holds", "contradicted", "inconclusive")
-DIRECTIONS = ("greater", "less", "within")
+DIRECTIONS = ("greater", "less", "within", "at_most", "at_least")
 
 VERDICT_RULE = (
     "Each check compares a treatment arm with a baseline arm on one metric, paired by seed. "
     "Its estimate is the mean over seeds of the paired difference (treatment − baseline) with a "
     "two-sided 95% Student-t interval; its direction and minimum effect m were fixed before the run. "
-    "A check holds when the whole interval lies beyond m in the claimed direction (for an agreement "
-    "check: inside ±m), is contradicted when it lies beyond m the other way (agreement: wholly "
-    "outside ±m), and is inconclusive otherwise. Verdict: reproduced = every check holds; "
+    "A check holds when the whole interval lies beyond m in the claimed direction (an agreement "
+    "check: inside ±m; a 'does not increase' check: below +m), is contradicted when it lies beyond m "
+    "the other way (agreement: wholly outside ±m; 'does not increase': wholly above +m), and is "
+    "inconclusive otherwise. Verdict: reproduced = every check holds; "
     "contradicted = any check is contradicted; inconclusive = otherwise; partly = the claim's named "
     "parts disagree (the parts that held are listed); not run = no results. A negative control "
     "(the treatment arm replaced by the baseline network with other seeds) must not be reproduced."
@@ -108,6 +115,12 @@ def outcome(ci: Interval, direction: str, min_effect: float) -> str:
         return "inconclusive"
     if direction == "less":
         lo, hi = -hi, -lo
+    if direction == "at_least":
+        lo, hi = -hi, -lo                     # "not lower by m" = "the negated difference is at most m"
+    if direction in ("at_most", "at_least"):
+        if hi < m:
+            return "holds"
+        return "contradicted" if lo > m else "inconclusive"
     if direction == "within":
         if -m < lo and hi < m:
             return "holds"

@@ -76,7 +76,8 @@ class Check:
     """A stated comparison: ``metric`` of ``treatment`` vs ``baseline``, paired by seed.
 
     ``direction``: ``"greater"`` (treatment − baseline > ``min_effect``), ``"less"``
-    (< −``min_effect``) or ``"within"`` (|difference| < ``min_effect``). ``unit`` is the
+    (< −``min_effect``), ``"within"`` (|difference| < ``min_effect``), ``"at_most"``
+    (difference < ``min_effect``: "does not increase") or ``"at_least"`` (> −``min_effect``). ``unit`` is the
     metric's unit as printed (``"points"`` for accuracy in percent). ``part`` names the
     separable part of the claim the check belongs to (``""`` when the claim is one piece).
     """

@@ -20,6 +20,8 @@ import torch
 
 from ...report.render import render_page, section_markdown
 from ...report.verdict import VERDICT_RULE
+from ...config import config_to_dict
+from ...runs.identity import run_identity
 from ...runs.runfiles import run_metadata, write_json, write_text
 from .api import (Context, Experiment, Results, SeedResult, config_record, control_arms,
                   evaluate_checks, part_outcomes, train_all)
@@ -77,7 +79,9 @@ def run(exp: Experiment, cfg, out_dir: str | Path, *, preset: str | None = None,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {**config_record(exp, cfg, preset, control), "meta": run_metadata()})
+    identity = run_identity("experiment", exp.name + ("/control" if control else ""), preset, config_to_dict(cfg))
+    write_json(out_dir / "config.json", {**config_record(exp, cfg, preset, control), "identity": identity,
+                                         "meta": run_metadata()})
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -92,6 +96,7 @@ def run(exp: Experiment, cfg, out_dir: str | Path, *, preset: str | None = None,
         torch.set_num_threads(threads)
     record = results_record(exp, cfg, results, preset=preset, control=control, figures=figs,
                             seconds=time.perf_counter() - t0)
+    record["identity"] = identity
     _write_outputs(out_dir, record, results)
     return record, results
 
