@@ -1,0 +1,56 @@
+"""wall-clock: interleaved step timing, censored time-to-target, the tiny run (no speed is asserted)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from bnlab.lab.experiments import get_experiment, run_experiment
+from bnlab.lab.experiments.wall_clock import PRESETS, interleaved_step_ms
+
+pytestmark = pytest.mark.usefixtures("reference_kernels")
+
+
+def test_interleaved_timing_times_every_arm(monkeypatch):
+    from bnlab.lab.experiments import wall_clock
+
+    calls = []
+    real = wall_clock.BatchLoader.batch
+
+    def spy(self, step):
+        calls.append(step)
+        return real(self, step)
+
+    monkeypatch.setattr(wall_clock.BatchLoader, "batch", spy)
+    cfg = dataclasses.replace(PRESETS["tiny"], timing_rounds=3, timing_steps=4)
+    train = (torch.rand(200, 1, 28, 28), torch.randint(0, 10, (200,)))
+    ms = interleaved_step_ms(cfg, 0, train, ["plain", "bnlab", "torch"])
+    assert set(ms) == {"plain", "bnlab", "torch"} and all(v > 0 for v in ms.values())
+    # 5 warm-up steps per arm, then 3 rounds x 3 arms x 4 steps: every arm sees the same batches
+    assert len(calls) == 3 * 5 + 3 * 3 * 4
+    assert calls[:15] == [0, 1, 2, 3, 4] * 3
+
+
+def test_unreached_target_is_censored_at_the_last_step(tmp_path):
+    exp = get_experiment("wall-clock")
+    cfg = dataclasses.replace(PRESETS["tiny"], target_acc=100.0, seeds=(0, 1), timing_rounds=1, timing_steps=2)
+    run_experiment(exp, cfg, tmp_path, preset="tiny", with_control=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for arm in saved["arms"].values():
+        ps = arm["per_seed"]
+        assert ps["reached"] == [0.0, 0.0] and ps["steps_to_target"] == [float(cfg.steps)] * 2
+        for n, ms, sec in zip(ps["steps_to_target"], ps["step_ms"], ps["sec_to_target"]):
+            assert sec == pytest.approx(n * ms / 1000)
+
+
+def test_tiny_run(tmp_path):
+    exp = get_experiment("wall-clock")
+    cfg = PRESETS["tiny"]
+    rec = run_experiment(exp, cfg, tmp_path, preset="tiny", with_control=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [c["part"] for c in saved["checks"]] == ["per step"] * 2 + ["to accuracy"] * 3
+    assert saved["tables"][0]["header"][1] == "ms per step"
+    assert rec["verdict"] in {"reproduced", "contradicted", "inconclusive", "partly"}
+    assert (tmp_path / "wall_clock.png").read_bytes().startswith(b"\x89PNG")
