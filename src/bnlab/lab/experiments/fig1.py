@@ -36,7 +36,7 @@ import torch
 from ..config import check
 from ..engine.train import LoopConfig, fit, steps_to_reach
 from ..models import MnistMLP, norm_factory
-from ..report.verdict import mean_ci, paired_ci
+from ..report.render import ci_text, diff_text
 from .framework import (Arm, Check, Context, DataConfig, Experiment, ExperimentConfig, Results,
                         SeedResult, load_splits)
 
@@ -219,15 +219,6 @@ def _seed_result(res: dict[str, Any], cfg: Fig1Config) -> SeedResult:
     return SeedResult(metrics, series, status=res["status"], seconds=res["seconds"])
 
 
-def _ci_text(values, digits: int = 1) -> str:
-    ci = mean_ci(values)
-    if ci.n == 0:
-        return "—"
-    if ci.n < 2:
-        return f"{ci.estimate:.{digits}f}"
-    return f"{ci.estimate:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
-
-
 def _steps_text(values) -> str:
     return " / ".join("never" if v is None or not math.isfinite(v) else f"{v:.0f}" for v in values)
 
@@ -236,9 +227,9 @@ def _headline_table(cfg: Fig1Config, results: Results) -> dict[str, Any]:
     rows = []
     for name in ("plain", "bn"):
         v = results.values
-        rows.append([results.arms[name].label, _ci_text(v(name, "test_acc")), _ci_text(v(name, "val_acc_mean")),
+        rows.append([results.arms[name].label, ci_text(v(name, "test_acc")), ci_text(v(name, "val_acc_mean")),
                      *(_steps_text(v(name, f"steps_to_{t:g}")) for t in cfg.targets),
-                     _ci_text(v(name, "drift"), 3), _ci_text(v(name, "spread_change"), 3)])
+                     ci_text(v(name, "drift"), 3), ci_text(v(name, "spread_change"), 3)])
     return {"caption": f"Headline (init std {cfg.init_std:g}, lr {cfg.lr:g}): mean [95% interval] over "
                        f"{len(cfg.seeds)} seeds; steps to a validation accuracy per seed",
             "header": ["network", "test accuracy %", "mean val. accuracy %",
@@ -251,11 +242,10 @@ def _sensitivity_table(cfg: Fig1Config, results: Results) -> dict[str, Any]:
     rows = []
     for i, (s, lr) in enumerate(pairs):
         plain, bn = ("plain", "bn") if i == 0 else (f"plain@init{s:g},lr{lr:g}", f"bn@init{s:g},lr{lr:g}")
-        d = paired_ci(results.values(bn, "test_acc"), results.values(plain, "test_acc"))
-        diff = "—" if d.n < 2 else f"{d.estimate:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
-        rows.append([f"{s:g}", f"{lr:g}", _ci_text(results.values(plain, "test_acc")),
-                     _ci_text(results.values(bn, "test_acc")), diff,
-                     _ci_text(results.values(plain, "drift"), 3), _ci_text(results.values(bn, "drift"), 3)])
+        diff = diff_text(results.values(bn, "test_acc"), results.values(plain, "test_acc"))
+        rows.append([f"{s:g}", f"{lr:g}", ci_text(results.values(plain, "test_acc")),
+                     ci_text(results.values(bn, "test_acc")), diff,
+                     ci_text(results.values(plain, "drift"), 3), ci_text(results.values(bn, "drift"), 3)])
     return {"caption": "Sensitivity: the same comparison at other initial-weight scales and learning rates "
                        "(first row = headline); test accuracy % at the validation-selected step",
             "header": ["init std", "lr", "without BN", "with BN", "BN − without (points)",

@@ -6,8 +6,10 @@
 
 Importing this package does not import matplotlib (``figures`` does, when it draws).
 """
-from .render import page_markdown, render_page, section_html, section_markdown, verdict_line
+from .render import ci_text, diff_text, page_markdown, render_page, section_html, section_markdown, verdict_line
+from .reproduce import not_run_record, write_reproduce
 from .verdict import VERDICT_RULE, VERDICTS, mean_ci, outcome, paired_ci, verdict
 
 __all__ = ["VERDICT_RULE", "VERDICTS", "mean_ci", "paired_ci", "outcome", "verdict", "render_page",
-           "section_html", "section_markdown", "page_markdown", "verdict_line"]
+           "section_html", "section_markdown", "page_markdown", "verdict_line", "ci_text", "diff_text",
+           "write_reproduce", "not_run_record"]

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..runs.safety import confined, escape_md
-from .verdict import VERDICT_RULE
+from .verdict import VERDICT_RULE, mean_ci, paired_ci
 
-__all__ = ["render_page", "section_html", "section_markdown", "page_markdown", "png_data_uri",
+__all__ = ["ci_text", "diff_text", "render_page", "section_html", "section_markdown", "page_markdown", "png_data_uri",
            "format_check", "VERDICT_RULE", "verdict_line"]
 
 _CSS = """
@@ -82,6 +82,24 @@ def format_check(c: Mapping[str, Any]) -> dict[str, str]:
         "n": str(c.get("n", "")),
         "outcome": str(c["outcome"]),
     }
+
+
+def ci_text(values: Sequence[float | None], digits: int = 1) -> str:
+    """``"97.3 [96.8, 97.8]"``: mean and 95% t-interval of per-seed values (``"—"`` if none)."""
+    ci = mean_ci(values)
+    if ci.n == 0:
+        return "—"
+    if ci.n < 2:
+        return f"{ci.estimate:.{digits}f}"
+    return f"{ci.estimate:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
+
+
+def diff_text(treatment: Sequence[float | None], baseline: Sequence[float | None], digits: int = 1) -> str:
+    """``"+1.2 [+0.4, +2.0]"``: the paired difference over seeds and its 95% interval."""
+    d = paired_ci(treatment, baseline)
+    if d.n < 2:
+        return "—"
+    return f"{d.estimate:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
 
 
 def _badge(verdict: str, prefix: str = "v") -> str:

@@ -1,0 +1,46 @@
+"""The summary of a ``bnlab reproduce`` run: ``results.md`` and ``report.html`` over all experiments."""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..runs.runfiles import run_metadata, write_text
+from .render import page_markdown, render_page, verdict_line
+
+__all__ = ["not_run_record", "write_reproduce", "verdict_lines"]
+
+
+def not_run_record(exp, error: BaseException | str) -> dict[str, Any]:
+    """The record of an experiment that failed or was not run (verdict ``not run``)."""
+    why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return {"experiment": exp.name, "title": exp.title, "claim": exp.claim, "source": exp.source,
+            "preset": None, "control": False, "verdict": "not run", "checks": [], "parts": {},
+            "seeds": [], "arms": {}, "figures": [], "tables": [], "published": [],
+            "deviations": [f"not run: {why}"], "seconds": 0}
+
+
+def write_reproduce(out_dir: str | Path, entries: Sequence[tuple[Any, Any, str]], preset: str,
+                    seconds: float) -> tuple[Path, Path]:
+    """Write ``out_dir/results.md`` and ``out_dir/report.html``; return their paths.
+
+    ``entries`` = (experiment, its results record or the exception it failed with, run-folder
+    name relative to ``out_dir``).
+    """
+    out_dir = Path(out_dir)
+    records = [rec if isinstance(rec, dict) else not_run_record(exp, rec) for exp, rec, _ in entries]
+    meta = run_metadata()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (f"Preset `{preset}`, {stamp}, bnlab {meta['bnlab']}, torch {meta['torch']}, "
+              f"{seconds / 60:.1f} min in all. Each experiment's folder holds config.json, metrics.jsonl, "
+              "results.json, series.json, its figures and control/ (the negative control).")
+    md = write_text(out_dir / "results.md", page_markdown(records, header=header))
+    page = render_page([(r, out_dir / name) for r, (_, _, name) in zip(records, entries)],
+                       meta={"preset": preset, "total": f"{seconds / 60:.1f} min", "bnlab": meta["bnlab"]},
+                       links=[f"{name}/" for _, _, name in entries])
+    html_path = write_text(out_dir / "report.html", page)
+    return md, html_path
+
+
+def verdict_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    return [verdict_line(r) for r in records]
