@@ -106,7 +106,8 @@ def _build_parser(command: str | None = None) -> _Parser:
                         help="named settings to start from (default: quick)")
         _out_flag(ep, None, f"run folder (default: runs/{name}-PRESET)")
         _resume_flags(ep)
-        ep.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic)")
+        ep.add_argument("--control", action="store_true",
+                        help="run the negative control only: the baseline network in every treatment arm's place")
         add_config_flags(ep, exp.config_cls, exp.presets["quick"])
 
     rep = sub.add_parser("reproduce", help="run every experiment + results.md + report.html",
@@ -119,7 +120,8 @@ def _build_parser(command: str | None = None) -> _Parser:
     rep.add_argument("--resume", action="store_true",
                      help="continue unfinished runs from their checkpoints (automatic when settings and code match)")
     rep.add_argument("--force", action="store_true", help="rerun even experiments with finished results")
-    rep.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: automatic)")
+    rep.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads per experiment (default: each preset's; 0: automatic)")
 
     tr = sub.add_parser("train", help="train one model (torchrun-ready)",
                         description="Train a model on a dataset with a norm layer and optimizer. "
@@ -141,18 +143,8 @@ def _build_parser(command: str | None = None) -> _Parser:
     cmp_.add_argument("--figure", default="compare.png", metavar="FILE",
                       help="where to write the figure (default: compare.png; '' for none)")
 
-    data = sub.add_parser("data", help="list, fetch or verify datasets",
-                          description="Datasets: list them, fetch (download + verify) one, verify one.")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    dsub.add_parser("list", help="datasets and where their files live")
-    for action, text in (("fetch", "download a dataset's official files and verify them"),
-                         ("verify", "check a dataset's files against their SHA-256 (no download)")):
-        dp = dsub.add_parser(action, help=text, description=text)
-        dp.add_argument("name", metavar="NAME", help="dataset name (see `bnlab data list`)")
-        dp.add_argument("--data-dir", default=None, help="data folder (default: env BNLAB_DATA, else the cache)")
-        if action == "fetch":
-            dp.add_argument("--base-url", default=None, help="download from this base URL instead")
-
+    sub.add_parser("data", help="list, fetch or verify datasets (bnlab data --help)", add_help=False,
+                   prefix_chars="\0")  # every argument goes to the data command's own parser
     sub.add_parser("build", help="build (and cache) the compiled CPU kernels now",
                    description="Compile bnlab's C++ kernels into the build cache (otherwise built on first use).")
     sub.add_parser("bench", help="kernel speed benchmarks (bnlab bench --help)", add_help=False,
@@ -206,21 +198,32 @@ def _stamp(out: Path, identity: dict[str, str], results: dict) -> None:
 
 def _cmd_run(args) -> int:
     from .experiments import get_experiment, run_experiment
+    from .report.render import verdict_line
     from .runs.identity import run_identity
     from .runs.session import RunSession
 
     exp = get_experiment(args.experiment)
-    cfg = apply_overrides(exp.presets[args.preset], overrides_from_args(args, exp.config_cls))
-    out = args.out or Path("runs") / f"{exp.name}-{args.preset}"
-    identity = run_identity("experiment", exp.name, args.preset, config_to_dict(cfg))
+    cfg = _with_threads(apply_overrides(exp.presets[args.preset], overrides_from_args(args, exp.config_cls)))
+    out = args.out or Path("runs") / f"{exp.name}-{args.preset}{'-control' if args.control else ''}"
+    kind = "control" if args.control else "experiment+control"
+    identity = run_identity(kind, exp.name, args.preset, config_to_dict(cfg))
     with RunSession(out) as session:
         resume = _start(session, out, config_to_dict(cfg), args.resume, args.extend, args.preset)
-        print(f"bnlab run {exp.name} --preset {args.preset} -> {out}/ ({_set_threads(args.threads)} threads)")
-        results = run_experiment(exp, cfg, out, preset=args.preset, resume=resume)
-        _stamp(out, identity, results)
-    print(exp.summarize(results, out))
-    print(f"results: {out / 'results.json'}  metrics: {out / 'metrics.jsonl'}")
+        print(f"bnlab run {exp.name} --preset {args.preset}{' --control' if args.control else ''} -> {out}/")
+        rec = run_experiment(exp, cfg, out, preset=args.preset, resume=resume, control=args.control,
+                             with_control=not args.control)
+        _stamp(out, identity, rec)
+    print(verdict_line(rec))
+    print(f"report: {out / 'report.html'}  results: {out / 'results.json'}  metrics: {out / 'metrics.jsonl'}")
     return 0
+
+
+def _with_threads(cfg, requested: int | None = None):
+    """``cfg`` with ``threads`` resolved: ``requested`` if given, 0 -> :func:`default_threads`."""
+    if not hasattr(cfg, "threads"):
+        return cfg
+    n = (cfg.threads if requested is None else requested) or default_threads()
+    return cfg if n == cfg.threads else apply_overrides(cfg, {"threads": n})
 
 
 def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
@@ -229,8 +232,8 @@ def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
     from .runs.resume import finished_results, same_config
     from .runs.session import discard_failed, remove_stale_results
 
-    cfg = exp.presets[preset]
-    identity = run_identity("experiment", exp.name, preset, config_to_dict(cfg))
+    cfg = _with_threads(exp.presets[preset], args.threads)
+    identity = run_identity("experiment+control", exp.name, preset, config_to_dict(cfg))
     outcome = None if args.force else finished_results(run_dir, identity)
     if outcome is not None:
         print(f"    finished results of this exact run (settings and code) found in {run_dir}/, "
@@ -241,7 +244,7 @@ def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
     if not resume:
         remove_stale_results(run_dir)
     try:
-        outcome = run_experiment(exp, cfg, run_dir, preset=preset, resume=resume)
+        outcome = run_experiment(exp, cfg, run_dir, preset=preset, resume=resume, with_control=True)
     except BaseException:
         discard_failed(run_dir, created)
         raise
@@ -251,8 +254,8 @@ def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
 
 def _cmd_reproduce(args) -> int:
     from .experiments import experiments
-    from .report import write_reproduce_report
-    from .report import write_results_md
+    from .report.render import verdict_line
+    from .report.reproduce import not_run_record, write_reproduce
     from .runs.session import RunSession
 
     registry = experiments()
@@ -266,21 +269,23 @@ def _cmd_reproduce(args) -> int:
                               f"choose from {sorted(registry[name].presets)}")
     t0, entries, failed = time.perf_counter(), [], 0
     with RunSession(args.out):
-        print(f"bnlab reproduce --preset {args.preset} -> {args.out}/ ({_set_threads(args.threads)} threads)")
+        print(f"bnlab reproduce --preset {args.preset} -> {args.out}/", flush=True)
         for i, name in enumerate(names, 1):
             exp = registry[name]
             print(f"[{i}/{len(names)}] {name} ({args.preset}): {exp.claim}", flush=True)
             try:
                 outcome = _reproduce_one(exp, args.preset, args.out / name, args)
-                print(exp.summarize(outcome, args.out / name), flush=True)
+                print("    " + verdict_line(outcome), flush=True)
             except (ConfigError, RuntimeError, ValueError, OSError) as exc:
                 failed += 1
                 outcome = exc
-                print(f"bnlab: {name} failed: {_one_line(exc)}", file=sys.stderr)
+                print(f"bnlab: {name} failed: {_one_line(exc)}", file=sys.stderr, flush=True)
             entries.append((exp, outcome, name))
-        md = write_results_md(args.out, entries, args.preset, time.perf_counter() - t0)
-        page = write_reproduce_report(args.out, entries, args.preset)
-    print(f"summary: {md}\nreport:  {page}  (open it in a browser; figures in {args.out}/<experiment>/)")
+        md, page = write_reproduce(args.out, entries, args.preset, time.perf_counter() - t0)
+    print("\nverdicts:")
+    for exp, outcome, _ in entries:
+        print("  " + verdict_line(outcome if isinstance(outcome, dict) else not_run_record(exp, outcome)))
+    print(f"summary: {md}\nreport:  {page}  (open it in a browser)")
     return EXIT_FAILED if failed else 0
 
 
@@ -376,25 +381,10 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def _cmd_data(args) -> int:
-    import torch
+def _cmd_data(argv: Sequence[str]) -> int:
+    from .data.cli import main as data_main
 
-    from .data import dataset_info, dataset_names, default_data_dir, load_dataset
-
-    if args.data_command == "list":
-        root = default_data_dir()
-        for name in dataset_names():
-            info = dataset_info(name)
-            print(f"{name:15s} {info.description}  [{root / name if info.files else 'cache: ' + str(root)}]")
-        return 0
-    if args.name not in dataset_names():
-        raise ConfigError(f"unknown dataset {args.name!r}; choose from {list(dataset_names())}")
-    extra = {"base_url": args.base_url} if args.data_command == "fetch" else {}
-    for split in ("train", "test"):
-        x, y = load_dataset(args.name, split, data_dir=args.data_dir, download=args.data_command == "fetch",
-                            dtype=torch.uint8, **extra)
-        print(f"{args.name} {split}: {tuple(x.shape)} images, {y.numel()} labels, verified")
-    return 0
+    return int(data_main(list(argv), prog="bnlab data") or 0)
 
 
 def _cmd_build() -> int:
@@ -436,7 +426,7 @@ def _flagify(message: str) -> str:
 
 
 _COMMANDS = {"list": lambda a: _cmd_list(), "run": _cmd_run, "reproduce": _cmd_reproduce,
-             "train": _cmd_train, "compare": _cmd_compare, "data": _cmd_data, "build": lambda a: _cmd_build()}
+             "train": _cmd_train, "compare": _cmd_compare, "build": lambda a: _cmd_build()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["bench"]:
             return _cmd_bench(argv[1:])
+        if argv[:1] == ["data"]:
+            return _cmd_data(argv[1:])
         args = _build_parser(argv[0] if argv else None).parse_args(argv)
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
