@@ -4,6 +4,7 @@ Unit tests of :mod:`bnlab.lab.runs` (no training): each names the failure it gua
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -308,3 +309,40 @@ def test_figure_symlink_leaving_the_folder_is_refused(tmp_path):
     (run / "ok.png").write_bytes(b"x")
     assert confined(run, "ok.png") == (run / "ok.png").resolve()
     assert confined(run, "sub/dir/a.png") == (run / "sub" / "dir" / "a.png").resolve()
+
+
+# ---------------------------------------------------------------- a checkpoint continues only its own run
+
+def test_check_resume_refuses_shortening_and_other_settings(tmp_path):
+    from bnlab.lab.config import ConfigError
+    from bnlab.lab.runs.resume import check_resume
+
+    fp = {"lr": 0.1, "optimizer": "sgd"}
+    path = tmp_path / "model.pt"
+    check_resume({"fingerprint": dict(fp), "step": 20}, fp, 20, path)  # finished run, same steps: fine
+    check_resume({"fingerprint": dict(fp), "step": 20}, fp, 30, path)  # extension: fine
+    with pytest.raises(ConfigError, match="already holds 20 steps, more than --steps 10"):
+        check_resume({"fingerprint": dict(fp), "step": 20}, fp, 10, path)
+    with pytest.raises(ConfigError, match=r"other settings \(\['lr'\]\)"):
+        check_resume({"fingerprint": {**fp, "lr": 0.2}, "step": 5}, fp, 10, path)
+    with pytest.raises(RunFileError, match="no valid step"):
+        check_resume({"fingerprint": dict(fp), "step": "5"}, fp, 10, path)
+
+
+def test_fit_refuses_a_checkpoint_with_more_steps(tmp_path):
+    """The engine's own guard (behind the CLI's): fit(resume=True) never saves 'step 10' over 20 steps' weights."""
+    from torch import nn
+
+    from bnlab.lab.config import ConfigError
+    from bnlab.lab.engine.train import LoopConfig, fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    model = nn.Linear(4, 2)
+    cfg = LoopConfig(steps=20, batch_size=16, eval_every=10, ckpt_every=10)
+    fit(model, (x, y), (x, y), cfg, tmp_path, val=(x, y))
+    ckpt = tmp_path / "checkpoints" / "model.pt"
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    with pytest.raises(ConfigError, match="more than --steps 10"):
+        fit(nn.Linear(4, 2), (x, y), (x, y), dataclasses.replace(cfg, steps=10), tmp_path, val=(x, y), resume=True)
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest
