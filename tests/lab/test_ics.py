@@ -1,19 +1,46 @@
-"""Experiment ``ics`` on a tiny setting: files, the first-layer identity, noisy BN's shift."""
+"""Experiment ``ics`` on its tiny preset: outputs, the first-layer identity, readable layer names, checks."""
 from __future__ import annotations
+
+import json
+
+import pytest
 
 from bnlab.lab.experiments import get_experiment, run_experiment
 
+pytestmark = pytest.mark.usefixtures("reference_kernels")
 
-def test_ics_tiny_run(tmp_path):
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ics")
     exp = get_experiment("ics")
-    res = run_experiment(exp, exp.presets["tiny"], tmp_path, preset="tiny")
-    for name in ("config.json", "results.json", "metrics.jsonl", "ics_accuracy.png", "ics_layers.png"):
-        assert (tmp_path / name).exists(), name
-    assert set(res["runs"]) == {"no-BN", "BN", "noisy BN"}
-    for net in ("no-BN", "BN"):  # (noisy BN's G' sees the next step's noise, so not there)
-        for rec in res["runs"][net][0]["history"]:
-            first = rec["ics"][0]  # nothing precedes layer 1: G' = G exactly
-            assert first["l2"] == 0.0 and abs(first["cosine"] - 1) < 1e-9
-    s = res["summary"]
-    # injected noise shifts the next step's distribution: G' agrees less with G than with plain BN
-    assert s["noisy BN"]["mean_cosine"] < s["BN"]["mean_cosine"]
+    return exp, run_experiment(exp, exp.presets["tiny"], out, preset="tiny", with_control=False), out
+
+
+def test_ics_outputs_and_first_layer_identity(tiny):
+    exp, res, out = tiny
+    for name in ("config.json", "results.json", "series.json", "metrics.jsonl", "ics_training.png", "ics_layers.png"):
+        assert (out / name).exists(), name
+    series = json.loads((out / "series.json").read_text())
+    assert set(series) == {"bn", "noisy", "plain"}
+    for arm in ("plain", "bn"):  # nothing precedes layer 1: G' = G exactly (noisy BN: G' sees the next draw)
+        for seed_run in series[arm]:
+            assert all(abs(cos[0] - 1) < 1e-9 for cos in seed_run["ics_cos"])
+            assert all(rel[0] == 0.0 for rel in seed_run["ics_rel_l2"])
+    assert series["bn"][0]["layers"] == ["conv 1", "conv 2", "conv 3", "conv 4", "fc 1"]
+
+
+def test_ics_checks_compare_training_and_eval_with_the_noise_expectation(tiny):
+    exp, res, out = tiny
+    checks = {(c["metric"], c["treatment"], c["baseline"]): c for c in res["checks"]}
+    assert checks[("train_acc", "noisy", "bn")]["direction"] == "within"
+    assert checks[("test_acc", "noisy", "bn")]["direction"] == "within"
+    # the noise must visibly move the layer inputs (a directional check: a control cannot pass it)
+    assert checks[("input_shift", "noisy", "bn")]["direction"] == "greater"
+    assert checks[("ics_cos", "bn", "plain")]["direction"] == "within"
+    shifts = res["arms"]["noisy"]["per_seed"]["input_shift"], res["arms"]["bn"]["per_seed"]["input_shift"]
+    assert all(n > b >= 0 for n, b in zip(*shifts))    # fresh noise at every measurement: μ alone moves ~1/3
+    noisy = res["arms"]["noisy"]["per_seed"]
+    # evaluated twice: with E[noise] folded into γ, β (the check) and with the noise dropped (the table)
+    assert all(0 <= v <= 100 for v in noisy["test_acc"] + noisy["test_acc_noise_dropped"])
+    assert res["verdict"] in ("reproduced", "contradicted", "inconclusive", "partly")

@@ -141,3 +141,32 @@ def test_bias_correction_removes_the_initial_value_artifact():
     torch.testing.assert_close(copy_[0].running_mean, mean.float())
     with pytest.raises(KeyError, match="momentum"):
         tracker.stats(0.2)
+
+
+# ---- distribution shift of layer inputs -------------------------------------------------------------
+from bnlab.lab.measure import distribution_shift, layer_input_stats  # noqa: E402
+
+
+def test_distribution_shift_of_a_known_affine_change():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Identity(), nn.Conv2d(2, 2, 1))
+    x = torch.randn(64, 2, 5, 5, dtype=torch.float64)
+    model.double()
+    a = layer_input_stats(model, x, ["1"])
+    b = layer_input_stats(model, 3 * x + 0.5, ["1"])        # every channel: mean + 0.5, std × 3
+    m, s = a["1"]
+    torch.testing.assert_close(m, x.mean((0, 2, 3)))
+    torch.testing.assert_close(s, x.transpose(0, 1).reshape(2, -1).std(1, correction=0))
+    # |Δm| / s + |Δs| / s per channel with Δm = 2m + 0.5 and Δs = 2s, averaged
+    expect = float(((2 * m + 0.5).abs() / s + 2.0).mean())
+    assert distribution_shift(a, b) == pytest.approx(expect, rel=1e-9)
+    assert distribution_shift(a, a) == 0.0
+    with pytest.raises(KeyError, match="unknown module"):
+        layer_input_stats(model, x, ["nope"])
+
+
+def test_layer_input_stats_in_training_mode_leaves_running_statistics_alone():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layer_input_stats(model, torch.randn(8, 1, 6, 6), ["3"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -165,7 +165,7 @@ def test_small_cnn_has_no_norm_on_1x1_features(norm):
     model = small_cnn(norm, widths=(4, 8), hidden=16)
     seen = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
-             for m in model.modules() if "Norm" in type(m).__name__]
+             for m in model.modules() if "norm" in type(m).__name__.lower()]
     model(torch.randn(2, 1, 28, 28))
     for h in hooks:
         h.remove()

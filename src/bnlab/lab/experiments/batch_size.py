@@ -2,171 +2,240 @@
 
 Wu & He (2018), "Group Normalization", Figure 1 / Table 3: ResNet-50 on ImageNet trained
 with 32, 16, 8, 4 and 2 images per GPU: BN's error rises from 23.6 % to 34.7 % while
-GroupNorm stays at 24.1 %. Batch Renorm (Ioffe 2017) and Ghost BN (Hoffer et al. 2017)
-are the BN-side answers. Here a small CNN is trained with BN, Batch Renorm, Ghost BN,
-GroupNorm and LayerNorm for a fixed number of epochs at each per-batch size, the learning
-rate scaled linearly with the batch (Goyal et al. 2017), and evaluated in eval mode.
+GroupNorm stays at 24.1 %. Batch Renorm (Ioffe 2017) is the BN-side answer for small
+batches; Ghost BN (Hoffer, Hubara & Soudry 2017) normalizes *large* batches in small ghost
+batches and is claimed to generalize better than BN on the whole batch.
+
+A small CNN is trained for a fixed number of epochs at each batch size, the learning rate
+scaled linearly with the batch (Goyal et al. 2017). Where the norm sits: after each of the
+two convolutions, on (N, C, H, W) feature maps; the hidden FC layer has none (a BN over its
+(N, 64, 1, 1) features would map a batch of two to ±γ whatever the input). Each final network
+is evaluated in eval mode (moving averages, the checks), in train mode (each test batch of
+the training batch size normalized with its own statistics) and after
+:func:`bnlab.recalibrate` (Algorithm 2's population statistics).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import bnlab
+import torch
 from torch import nn
 
-from ..claims_common import fmt_mean_spread, load_data, mean_spread, pyplot, save_figure, seeded, small_cnn
 from ..config import check
-from ..report import Check, Section, Table, render_markdown
-from ..train import LoopConfig, fit
-from . import Experiment
+from ..data import BatchLoader
+from ..engine.train import LoopConfig, evaluate, fit
+from ..measure import bn_layers
+from ..models import small_cnn
+from ..report.figures import legend_below, new_figure, save_figure, style
+from .framework import Arm, Check, DataConfig, Experiment, ExperimentConfig, load_splits, seed_result
+from .inference import batch_stat_accuracy
 
-NORMS = ("batch", "renorm", "ghost", "group", "layer")
-LABELS = {"batch": "BN", "renorm": "Batch Renorm", "ghost": "Ghost BN (16)", "group": "GroupNorm",
-          "layer": "LayerNorm"}
+LABELS = {"batch": "BN", "renorm": "Batch Renorm", "ghost": "Ghost BN", "group": "GroupNorm", "layer": "LayerNorm"}
+MODES = {"eval": "eval mode (moving averages)", "train": "train mode (test-batch statistics)",
+         "recal": "after recalibrate (Alg. 2)"}
 
-# Wu & He (2018) Table 3, ResNet-50 ImageNet top-1 error (%) by images per GPU, as quoted in the issue
-PUBLISHED = (("BN", "23.6", "24.8", "27.3", "34.7"), ("GN", "24.1", "—", "—", "24.1"))
+# Wu & He (2018) Table 3, ResNet-50 ImageNet top-1 error (%) by images per GPU
+PUBLISHED = (["BN", "23.6", "24.8", "27.3", "34.7"], ["GN", "24.1", "—", "—", "24.1"])
+
+
+def _f(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
-class BatchSizeConfig:
-    dataset: str = "mnist-embedded"
-    data_dir: str = ""
-    batch_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 128)
-    norms: tuple[str, ...] = NORMS
-    epochs: int = 2
-    lr_at_32: float = 0.02       # lr = lr_at_32 · B / 32 (linear scaling)
-    momentum: float = 0.9
-    ghost_batch: int = 16
-    widths: tuple[int, ...] = (8, 16)
-    hidden: int = 64
-    train_limit: int = 0
-    ckpt_every: int = 1000
-    seeds: tuple[int, ...] = (0,)
+class BatchSizeConfig(ExperimentConfig, DataConfig):
+    batch_sizes: tuple[int, ...] = _f((2, 8, 32), "BN's batch sizes (the smallest and 32 are the checks')")
+    large_batch: int = _f(32, "the large batch of the Ghost BN check (ghost batches of large_batch / ghost_ratio)")
+    ghost_ratio: int = _f(4, "ghost batches per batch (ghost size = batch / ratio, always below the batch)")
+    epochs: int = _f(1, "epochs at every batch size")
+    lr_at_32: float = _f(0.05, "lr = lr_at_32 · B / 32 (linear scaling)")
+    momentum: float = _f(0.9, "SGD momentum")
+    recal_batches: int = _f(30, "batches of 32 training images for recalibrate")
+    widths: tuple[int, ...] = _f((4, 8), "channels of the two conv layers (a norm after each)")
+    hidden: int = _f(32, "hidden FC width (no norm)")
+    small_effect: float = _f(2.0, "checks at the small batch: differences beyond this (points)")
+    ghost_effect: float = _f(0.5, "Ghost BN beats BN at the large batch by more than this (points)")
 
     def __post_init__(self) -> None:
-        check(all(n in NORMS for n in self.norms), f"norms must be among {NORMS}")
+        super().__post_init__()
         check(min(self.batch_sizes) >= 2, "batch sizes must be >= 2 (BN needs two samples)")
+        check(32 in self.batch_sizes, "batch_sizes must include 32 (the reference batch)")
+        check(self.ghost_ratio >= 2 and self.large_batch // self.ghost_ratio >= 2,
+              "ghost batches must hold >= 2 images and be smaller than the batch (ghost_ratio >= 2)")
         check(self.epochs >= 1, "epochs must be >= 1")
 
 
 PRESETS = {
-    "quick": BatchSizeConfig(batch_sizes=(2, 4, 8, 32, 128), epochs=2, train_limit=2000),
-    "tiny": BatchSizeConfig(batch_sizes=(2, 32), norms=("batch", "group"), epochs=1, train_limit=128,
-                            widths=(4, 8), hidden=16, ckpt_every=0),
-    # GN paper protocol is ResNet-50/ImageNet; stand-in: CIFAR-10, 10 epochs, three seeds
-    "paper": BatchSizeConfig(dataset="cifar10", epochs=10, widths=(32, 64), hidden=256, seeds=(0, 1, 2),
-                             lr_at_32=0.02),
+    "quick": BatchSizeConfig(train_limit=2000),
+    "tiny": BatchSizeConfig(batch_sizes=(4, 32), large_batch=32, train_limit=128, val_size=100, seeds=(0, 1),
+                            recal_batches=2),
+    "full": BatchSizeConfig(dataset="fashion-mnist", val_size=5000, train_limit=20000, batch_sizes=(2, 4, 8, 16, 32),
+                            large_batch=128, epochs=2, widths=(16, 32), hidden=128, recal_batches=100),
+    # GN paper protocol is ResNet-50/ImageNet; stand-in: CIFAR-10, 10 epochs, five seeds
+    "paper": BatchSizeConfig(dataset="cifar10", val_size=5000, epochs=10, widths=(32, 64), hidden=256,
+                             batch_sizes=(2, 4, 8, 16, 32), large_batch=256, seeds=(0, 1, 2, 3, 4),
+                             recal_batches=200),
 }
 
 
-def _norm(name: str, cfg: BatchSizeConfig, steps: int):
-    if name == "renorm":
+def _key(norm: str, batch: int) -> str:
+    return f"{norm}_b{batch}"
+
+
+def norm_layer(norm: str, batch: int, steps: int, cfg: BatchSizeConfig):
+    """The 2-D norm factory of ``norm`` at training batch ``batch`` for a run of ``steps`` steps."""
+    if norm == "renorm":
         # the paper's schedule (BN for 5k steps, r_max at 40k, d_max at 25k) in proportion to
         # this run's length: 5%, 40% and 25% of its steps
         return bnlab.get_norm_layer("renorm", warmup_steps=steps // 20, r_max_steps=max(1, int(0.4 * steps)),
                                     d_max_steps=max(1, int(0.25 * steps)))
-    if name == "ghost":
-        return bnlab.get_norm_layer("ghost", virtual_batch_size=cfg.ghost_batch)
-    if name == "group":
-        # 16 channels per group: these layers are narrow (16-64 channels) and the hidden one is
-        # 1×1, where the default G = 32 would normalize groups of 1-2 values and erase them
-        return lambda c: nn.GroupNorm(max(1, c // 16), c)
-    return bnlab.get_norm_layer(name)
+    if norm == "ghost":
+        return bnlab.get_norm_layer("ghost", virtual_batch_size=batch // cfg.ghost_ratio)
+    if norm == "group":
+        # 4 channels per group: these layers are narrow (4-32 channels); the default G = 32 would
+        # normalize groups of one channel (instance norm)
+        return lambda c: nn.GroupNorm(max(1, c // 4), c)
+    return bnlab.get_norm_layer(norm)
 
 
-def run(cfg: BatchSizeConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    train, test = load_data(cfg.dataset, cfg.data_dir or None, bool(cfg.data_dir), cfg.train_limit)
-    in_shape = tuple(train[0].shape[1:])
-    acc: dict[str, dict[str, list]] = {}
-    status: dict[str, dict[str, list]] = {}
-    for name in cfg.norms:
-        for bs in cfg.batch_sizes:
-            for seed in cfg.seeds:
-                steps = cfg.epochs * (len(train[0]) // bs)
-                model = seeded(seed, lambda: small_cnn(_norm(name, cfg, steps), "relu", 0.0, cfg.widths, cfg.hidden,
-                                                       in_shape))
-                loop = LoopConfig(optimizer="sgd", lr=cfg.lr_at_32 * bs / 32, momentum=cfg.momentum, steps=steps,
-                                  batch_size=bs, eval_every=steps, ckpt_every=cfg.ckpt_every, seed=seed)
-                res = fit(model, train, test, loop, out_dir, tag=f"{name}/b{bs}/seed{seed}", resume=resume,
-                          desc=f"{LABELS[name]} B={bs} s{seed}", meta={"norm": name})
-                acc.setdefault(name, {}).setdefault(str(bs), []).append(res["final_test_acc"])
-                status.setdefault(name, {}).setdefault(str(bs), []).append(res["status"])
-    _plot(cfg, acc, out_dir / "batch_size.png")
-    return {"seeds": list(cfg.seeds), "batch_sizes": list(cfg.batch_sizes), "final_test_acc": acc, "status": status}
+class BatchSize(Experiment):
+    name = "batch-size"
+    title = "Small batches: BN vs Batch Renorm, Ghost BN, GroupNorm, LayerNorm"
+    claim = ("BN's accuracy degrades as the batch shrinks (its statistics get noisy and differ from the "
+             "population's); GroupNorm/LayerNorm do not depend on the batch and Batch Renorm reduces the gap. "
+             "At a large batch, Ghost BN (small ghost batches) generalizes better than BN over the whole batch.")
+    source = "Wu & He (2018) Fig. 1 / Table 3; Ioffe (2017); Hoffer, Hubara & Soudry (2017)"
+    config_cls = BatchSizeConfig
+    presets = PRESETS
+    parts = {"small": "small batches hurt BN, not GroupNorm/LayerNorm; Batch Renorm helps (Wu & He; Ioffe)",
+             "ghost": "Ghost BN beats BN at a large batch (Hoffer et al.)"}
+
+    def arms(self, cfg):
+        small, big = min(cfg.batch_sizes), cfg.large_batch
+        arms = [Arm(_key("batch", 32), "BN, batch 32", baseline=True, params={"norm": "batch", "batch": 32})]
+        arms += [Arm(_key("batch", b), f"BN, batch {b}", params={"norm": "batch", "batch": b})
+                 for b in cfg.batch_sizes if b != 32]
+        if big not in cfg.batch_sizes:
+            arms.append(Arm(_key("batch", big), f"BN, batch {big}", params={"norm": "batch", "batch": big}))
+        arms += [Arm(_key(n, small), f"{LABELS[n]}, batch {small}", params={"norm": n, "batch": small})
+                 for n in ("group", "layer", "renorm")]
+        arms.append(Arm(_key("ghost", big), f"Ghost BN ({big // cfg.ghost_ratio}), batch {big}",
+                        params={"norm": "ghost", "batch": big}))
+        return tuple(arms)
+
+    def checks(self, cfg):
+        s, big, m = min(cfg.batch_sizes), cfg.large_batch, cfg.small_effect
+        bn_s = _key("batch", s)
+        return (
+            Check(f"BN's test accuracy at batch {s} is more than {m:g} points below batch 32's", "test_acc", bn_s,
+                  _key("batch", 32), "less", m, unit="points", part="small"),
+            Check(f"at batch {s}, GroupNorm beats BN by more than {m:g} points", "test_acc", _key("group", s), bn_s,
+                  "greater", m, unit="points", part="small"),
+            Check(f"at batch {s}, LayerNorm beats BN by more than {m:g} points", "test_acc", _key("layer", s), bn_s,
+                  "greater", m, unit="points", part="small"),
+            Check(f"at batch {s}, Batch Renorm beats BN by more than {m:g} points", "test_acc", _key("renorm", s),
+                  bn_s, "greater", m, unit="points", part="small"),
+            Check(f"at batch {big}, Ghost BN (ghost batches of {big // cfg.ghost_ratio}) beats BN by more than "
+                  f"{cfg.ghost_effect:g} points", "test_acc", _key("ghost", big), _key("batch", big), "greater",
+                  cfg.ghost_effect, unit="points", part="ghost"),
+        )
+
+    def load(self, cfg):
+        return load_splits(cfg, standardized=True)
+
+    def train(self, cfg, arm, seed, ctx):
+        data = ctx.data
+        norm, batch = arm.params["norm"], arm.params["batch"]
+        steps = cfg.epochs * (len(data.train[0]) // batch)
+        torch.manual_seed(seed)
+        model = small_cnn(norm_layer(norm, batch, steps, cfg), "relu", 0.0, cfg.widths, cfg.hidden,
+                          tuple(data.train[0].shape[1:]))
+        loop = LoopConfig(optimizer="sgd", lr=cfg.lr_at_32 * batch / 32, momentum=cfg.momentum, steps=steps,
+                          batch_size=batch, eval_every=steps, ckpt_every=0, seed=seed)
+        res = fit(model, data.train, None, loop, ctx.out_dir, tag=ctx.tag(arm, seed), resume=ctx.resume,
+                  meta={"arm": arm.name}, desc=f"{arm.label} s{seed}")
+        if res["status"] != "completed":
+            return seed_result({"test_acc": math.nan}, status=res["status"])
+        acc = self._modes(model, data, batch, seed, cfg)
+        return seed_result({"test_acc": acc["eval"], **{f"test_acc_{k}": v for k, v in acc.items()}},
+                           {"steps": steps, "lr": loop.lr}, status=res["status"])
+
+    @staticmethod
+    def _modes(model, data, batch, seed, cfg) -> dict[str, float]:
+        """Test accuracy (%) in eval mode, in train mode and after recalibrate (= eval mode without BN)."""
+        recal = copy.deepcopy(model).eval()
+        if bn_layers(recal):
+            loader = BatchLoader(*data.train, batch_size=32, seed=10_000 + seed)
+            bnlab.recalibrate(recal, (xb for xb, _ in loader.steps()), num_batches=cfg.recal_batches)
+        return {"eval": 100 * evaluate(model, *data.test)[1],
+                "train": 100 * batch_stat_accuracy(model, *data.test, batch),
+                "recal": 100 * evaluate(recal, *data.test)[1]}
+
+    def figures(self, cfg, results, out_dir):
+        fig, axes = new_figure(1, 3, width=13, height=4.3, sharey=True)
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for name, arm in results.arms.items():
+            groups.setdefault(arm.params["norm"], []).append((arm.params["batch"], name))
+        for col, (mode, mode_label) in enumerate(MODES.items()):
+            ax = axes[0][col]
+            for i, (norm, members) in enumerate(groups.items()):
+                members.sort()
+                st = style(i)
+                xs = [b * (1 + 0.06 * (i - 2)) for b, _ in members]        # small offsets: no marker hides another
+                ys = [_mean(results.values(name, f"test_acc_{mode}")) for _, name in members]
+                ax.plot(xs, [100 - y for y in ys], color=st["color"], linestyle=st["linestyle"],
+                        marker=st["marker"], markersize=7 if norm == "batch" else 6, label=LABELS[norm],
+                        markerfacecolor="none" if norm == "ghost" else st["color"])
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({a.params["batch"] for a in results.arms.values()}),
+                          [str(b) for b in sorted({a.params["batch"] for a in results.arms.values()})])
+            ax.set(xlabel="images per batch", title=mode_label)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test error (%)")
+        fig.suptitle(f"Do small batches hurt BN but not GroupNorm/LayerNorm? (Wu & He Fig. 1); {cfg.epochs} epoch(s) "
+                     "at every batch size")
+        legend_below(fig, ncol=5, note=f"mean over seeds {list(cfg.seeds)}; a norm after each conv, none on the FC layer")
+        return (save_figure(fig, out_dir, "batch_size.png",
+                            "Test error against the batch size, for the three ways of choosing BN's statistics at "
+                            "test time: a line rising to the left is a norm that suffers from small batches; GroupNorm "
+                            "and LayerNorm use no batch statistics, so their three panels agree."),)
+
+    def tables(self, cfg, results):
+        rows = []
+        for name, arm in results.arms.items():
+            rows.append([arm.label, *(" / ".join(_fmt(v) for v in results.values(name, f"test_acc_{m}"))
+                                      for m in MODES)])
+        return ({"caption": f"test accuracy % per seed ({list(cfg.seeds)}) after {cfg.epochs} epoch(s); "
+                            "norm after each conv layer only",
+                 "header": ["norm, batch", *MODES.values()], "rows": rows},)
+
+    def published(self):
+        return ({"caption": "ResNet-50 on ImageNet, top-1 error % by images per GPU (Wu & He 2018, Table 3)",
+                 "header": ["norm", "32", "8", "4", "2"], "rows": [list(r) for r in PUBLISHED]},)
+
+    def deviations(self, cfg):
+        return ("A small CNN on the configured dataset for a fixed number of epochs instead of ResNet-50 on ImageNet; "
+                "the norm sits after each of the two convolutions only (never on the 1×1 FC features).",
+                "One process: the batch is the per-GPU batch of the paper; lr scaled linearly from batch 32.",
+                f"Ghost BN at batch {cfg.large_batch} with ghost batches of {cfg.large_batch // cfg.ghost_ratio} (a "
+                "quarter of the batch, so it differs from BN); Hoffer et al. test much larger batches.",
+                "GroupNorm with 4 channels per group (the paper: G = 32 groups), the layers being narrow.",
+                "Batch Renorm's schedule scaled to each run: plain BN for 5% of the steps, r_max = 3 at 40%, "
+                "d_max = 5 at 25% (the paper: 5k / 40k / 25k steps).",
+                "The final network is evaluated (fixed epochs; no step is selected).")
 
 
-def _plot(cfg: BatchSizeConfig, acc, path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, (name, by_bs) in enumerate(acc.items()):
-        xs = list(cfg.batch_sizes)
-        stats = [mean_spread(by_bs[str(b)]) for b in xs]
-        err = [100 * (1 - m) for m, _, _ in stats]
-        ax.errorbar(xs, err, yerr=[100 * s if s == s else 0 for _, s, _ in stats], marker="o", capsize=3,
-                    color=f"C{i}", label=LABELS[name])
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(cfg.batch_sizes), [str(b) for b in cfg.batch_sizes])
-    ax.set(xlabel="images per batch", ylabel="test error (%)",
-           title=f"Small batches hurt BN, not GN/LN (Wu & He Fig. 1); {cfg.epochs} epochs")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
+def _mean(values) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
 
 
-def report_section(results: dict[str, Any], run_dir: Path) -> Section:
-    acc, bss = results["final_test_acc"], [str(b) for b in results["batch_sizes"]]
-    small, ref = bss[0], ("32" if "32" in bss else bss[-1])
-    rows = tuple((LABELS[n], *(fmt_mean_spread([None if a is None else 1 - a for a in acc[n][b]]) for b in bss))
-                 for n in acc)
-
-    def m(n, b):
-        return mean_spread(acc[n][b])[0] if n in acc else float("nan")
-
-    checks = []
-    if "batch" in acc:
-        drop_bn = m("batch", ref) - m("batch", small)
-        checks.append(Check(f"BN's accuracy drops by more than 1 point from batch {ref} to batch {small}",
-                            drop_bn > 0.01, f"{100 * m('batch', ref):.1f}% → {100 * m('batch', small):.1f}%"))
-        for n in ("group", "layer", "renorm"):
-            if n in acc:
-                checks.append(Check(f"at batch {small}, {LABELS[n]} beats BN", m(n, small) > m("batch", small),
-                                    f"{100 * m(n, small):.1f}% vs {100 * m('batch', small):.1f}%"))
-        if "group" in acc:
-            drop_gn = m("group", ref) - m("group", small)
-            checks.append(Check(f"GroupNorm's drop from batch {ref} to {small} is smaller than BN's",
-                                drop_gn < drop_bn, f"{100 * drop_gn:.1f} vs {100 * drop_bn:.1f} points"))
-    return Section(
-        key="batch-size", title="Small batches: BN vs Batch Renorm, Ghost BN, GroupNorm, LayerNorm",
-        claim="BN's accuracy degrades as the per-batch size shrinks (its statistics get noisy and differ from the "
-              "population's); GroupNorm/LayerNorm are independent of the batch and Batch Renorm reduces the gap.",
-        source="Wu & He (2018) Fig. 1 / Table 3; Ioffe (2017); Hoffer, Hubara & Soudry (2017)",
-        published=(Table(("norm", "32", "8", "4", "2"), PUBLISHED,
-                         caption="ResNet-50 on ImageNet, top-1 error % by images per GPU (Wu & He 2018)"),),
-        ours=(Table(("norm", *bss), rows,
-                    caption=f"test error % by images per batch; seeds {results['seeds']} (mean ± half-range)"),),
-        figures=tuple(p for p in [Path(run_dir) / "batch_size.png"] if p.exists()),
-        checks=tuple(checks),
-        deviations=("A small CNN on MNIST for a fixed number of epochs instead of ResNet-50 on ImageNet.",
-                    "One process: the batch is the per-GPU batch of the paper; lr scaled linearly from batch 32.",
-                    "Ghost BN uses ghost batches of 16 (equal to BN at batches ≤ 16).",
-                    "GroupNorm with 16 channels per group (the paper: G = 32 groups), the layers being narrow.",
-                    "Batch Renorm's schedule scaled to each run: plain BN for 5% of the steps, r_max = 3 at 40%, "
-                    "d_max = 5 at 25% (the paper: 5k / 40k / 25k steps)."),
-        run_dir=str(run_dir),
-    )
+def _fmt(v) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.1f}"
 
 
-def summarize(results: dict[str, Any], run_dir: Path) -> str:
-    return render_markdown([report_section(results, run_dir)])
-
-
-EXPERIMENT = Experiment(
-    name="batch-size",
-    claim="BN degrades with small batches; GroupNorm/LayerNorm do not, Batch Renorm helps (Wu & He 2018)",
-    config_cls=BatchSizeConfig, presets=PRESETS, run=run, summarize=summarize, order=50,
-    figures=("batch_size.png",),
-)
+EXPERIMENT = BatchSize()

@@ -1,71 +1,78 @@
-"""Experiment ``inference``: the train/eval gap of BN and the paper's Algorithm 2.
+"""Experiment ``inference``: moving averages go stale; Algorithm 2's population statistics do not.
 
-Ioffe & Szegedy (2015), Section 3.1 and Algorithm 2: at inference the batch statistics
-are replaced by population statistics, E[x] = E_B[μ_B] and Var[x] = m/(m−1)·E_B[σ²_B],
-computed with the *final* network. In practice frameworks keep exponential moving
-averages during training instead; with a small momentum (PyTorch convention: weight of
-the new batch) they lag behind the changing network ("stale" statistics). This experiment
-trains one BN network per momentum — the momentum does not touch the weights, so every
-run ends with the same weights — and compares test accuracy in eval mode with (a) the
-moving averages, (b) statistics recalibrated with :func:`bnlab.recalibrate` (Algorithm 2),
-(c) batch statistics of each test batch (training-mode normalization).
+Ioffe & Szegedy (2015), Section 3.1 and Algorithm 2: at inference the batch statistics are
+replaced by population statistics of the *final* network, E[x] = E_B[μ_B] and
+Var[x] = m/(m−1)·E_B[σ²_B]. Frameworks keep exponential moving averages during training
+instead; with a small momentum (PyTorch convention: the weight of the new batch) the average
+spans many steps of a network that kept changing, and lags behind it ("stale" statistics).
+
+One BN network per seed is trained for a long run at a large, constant learning rate (so
+that it keeps changing). The momentum never touches the weights, so one run serves every
+momentum: :class:`bnlab.lab.measure.MovingAverages` keeps the averages at several momenta
+from hooks, raw (what PyTorch's ``running_mean``/``running_var`` would hold) and
+bias-corrected (the initial 0 / 1 divided out: what is left is staleness from the changing
+network, not an initial-value artifact). The final network is evaluated on the test set
+with (a) Algorithm 2's statistics (:func:`bnlab.recalibrate` on training batches), (b) the
+bias-corrected average at a small momentum, (c) the average at the usual momentum 0.1, and,
+for the table, the raw averages and each test batch's own statistics.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import bnlab
 import torch
 from torch import nn
 
-from ..claims_common import load_data, pyplot, save_figure, seeded, small_cnn
 from ..config import check
 from ..data import BatchLoader
-from ..report import Check, Section, Table, render_markdown
-from ..train import LoopConfig, evaluate, fit
-from . import Experiment
+from ..engine.train import LoopConfig, evaluate, fit
+from ..measure import MovingAverages
+from ..models import small_cnn
+from ..report.figures import legend_below, new_figure, save_figure, style
+from .framework import Arm, Check, DataConfig, Experiment, ExperimentConfig, load_splits, seed_result
 
-MODES = ("moving average", "recalibrated (Alg. 2)", "batch statistics")
+
+def _f(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    dataset: str = "mnist-embedded"
-    data_dir: str = ""
-    momenta: tuple[float, ...] = (0.001, 0.01, 0.1, 0.5)
-    steps: int = 500
-    batch_size: int = 50
-    lr: float = 0.05
-    recal_batches: int = 80
-    widths: tuple[int, ...] = (8, 16)
-    hidden: int = 64
-    train_limit: int = 0
-    ckpt_every: int = 250
-    seeds: tuple[int, ...] = (0,)
+class InferenceConfig(ExperimentConfig, DataConfig):
+    steps: int = _f(800, "training steps: long enough for the network to move under the average")
+    batch_size: int = _f(32, "minibatch size")
+    lr: float = _f(0.1, "learning rate (constant: the network keeps changing)")
+    sgd_momentum: float = _f(0.9, "SGD momentum")
+    small_momentum: float = _f(0.001, "the small BN momentum whose average is tested for staleness")
+    momenta: tuple[float, ...] = _f((0.001, 0.01, 0.1), "BN momenta whose averages are tracked (table)")
+    recal_batches: int = _f(50, "training batches for Algorithm 2's statistics")
+    widths: tuple[int, ...] = _f((8, 16), "channels of the two conv layers (BN after each)")
+    hidden: int = _f(64, "hidden FC width (no BN)")
+    stale_effect: float = _f(1.0, "staleness check: the small-momentum average is below Alg. 2 by more "
+                                  "than this (points)")
+    default_effect: float = _f(1.0, "at momentum 0.1 the average agrees with Alg. 2 within this (points)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(all(0 < m <= 1 for m in self.momenta), "momenta must be in (0, 1]")
+        check(self.small_momentum in self.momenta and 0.1 in self.momenta,
+              "momenta must include small_momentum and 0.1")
         check(self.recal_batches >= 1, "recal_batches must be >= 1")
 
 
 PRESETS = {
-    "quick": InferenceConfig(momenta=(0.001, 0.01, 0.1), steps=300, recal_batches=40, ckpt_every=150),
-    "tiny": InferenceConfig(momenta=(0.001, 0.5), steps=30, recal_batches=5, widths=(4, 8), hidden=16,
-                            train_limit=500, ckpt_every=0),
-    "paper": InferenceConfig(dataset="cifar10", steps=20000, batch_size=64, lr=0.05, widths=(32, 64), hidden=256,
-                             recal_batches=200, ckpt_every=2000, momenta=(0.0001, 0.001, 0.01, 0.1, 0.5),
-                             seeds=(0, 1, 2)),
+    "quick": InferenceConfig(),
+    "tiny": InferenceConfig(steps=30, batch_size=16, recal_batches=5, widths=(4, 8), hidden=16, train_limit=400,
+                            val_size=100, seeds=(0, 1)),
+    "full": InferenceConfig(dataset="fashion-mnist", val_size=5000, steps=6000, batch_size=64, recal_batches=200,
+                            widths=(16, 32), hidden=128, momenta=(0.0001, 0.001, 0.01, 0.1)),
+    "paper": InferenceConfig(dataset="cifar10", val_size=5000, steps=20000, batch_size=64, widths=(32, 64),
+                             hidden=256, recal_batches=200, momenta=(0.0001, 0.001, 0.01, 0.1, 0.5),
+                             seeds=(0, 1, 2, 3, 4)),
 }
-
-
-def _set_momentum(model: nn.Module, momentum: float) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, bnlab.BatchNorm2d):
-            m.momentum = momentum
-    return model
 
 
 @torch.no_grad()
@@ -85,107 +92,130 @@ def batch_stat_accuracy(model: nn.Module, x, y, batch_size: int) -> float:
     return correct / n
 
 
-def run(cfg: InferenceConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    train, test = load_data(cfg.dataset, cfg.data_dir or None, bool(cfg.data_dir), cfg.train_limit)
-    in_shape = tuple(train[0].shape[1:])
-    rows, weight_gap = {}, 0.0
-    for seed in cfg.seeds:
-        first = None
-        for mom in cfg.momenta:
-            model = seeded(seed, lambda: _set_momentum(
-                small_cnn(bnlab.BatchNorm2d, "relu", 0.0, cfg.widths, cfg.hidden, in_shape), mom))
-            loop = LoopConfig(optimizer="sgd", lr=cfg.lr, momentum=0.9, steps=cfg.steps, batch_size=cfg.batch_size,
-                              eval_every=cfg.steps, ckpt_every=cfg.ckpt_every, seed=seed)
-            fit(model, train, test, loop, out_dir, tag=f"m{mom:g}/seed{seed}", resume=resume,
-                desc=f"inference m={mom:g} s{seed}", meta={"bn_momentum": mom})
-            weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-            first = weights if first is None else first
-            weight_gap = max(weight_gap, float((weights - first).abs().max()))
-            recal = copy.deepcopy(model).eval()
-            loader = BatchLoader(*train, batch_size=cfg.batch_size, seed=10_000 + seed)
-            bnlab.recalibrate(recal, (xb for xb, _ in loader.steps()), num_batches=cfg.recal_batches)
-            var_gap = max(float(((a.running_var - b.running_var).abs() / b.running_var).max())
-                          for a, b in zip(_bns(model), _bns(recal)))
-            rows.setdefault(f"{mom:g}", []).append({
-                "moving average": evaluate(model, *test)[1],
-                "recalibrated (Alg. 2)": evaluate(recal, *test)[1],
-                "batch statistics": batch_stat_accuracy(model, *test, cfg.batch_size),
-                "max_rel_var_gap": var_gap,
-            })
-    _plot(cfg, rows, out_dir / "inference.png")
-    return {"seeds": list(cfg.seeds), "accuracy": rows, "max_weight_difference_across_momenta": weight_gap}
+def _acc_with(model: nn.Module, averages: MovingAverages, momentum: float, corrected: bool, test) -> float:
+    net = averages.load_into(copy.deepcopy(model), momentum, corrected)
+    return 100 * evaluate(net, *test)[1]
 
 
-def _bns(model):
-    return [m for m in model.modules() if isinstance(m, bnlab.BatchNorm2d)]
+def evaluate_modes(model: nn.Module, averages: MovingAverages, cfg: InferenceConfig, data, seed: int
+                   ) -> dict[str, float]:
+    """Test accuracy (%) of the final ``model`` under every way of choosing its BN statistics."""
+    out = {}
+    for m in cfg.momenta:
+        out[f"ema_{m:g}_raw"] = _acc_with(model, averages, m, False, data.test)
+        out[f"ema_{m:g}_corrected"] = _acc_with(model, averages, m, True, data.test)
+    recal = copy.deepcopy(model).eval()
+    loader = BatchLoader(*data.train, batch_size=cfg.batch_size, seed=10_000 + seed)
+    bnlab.recalibrate(recal, (xb for xb, _ in loader.steps()), num_batches=cfg.recal_batches)
+    out["recalibrated"] = 100 * evaluate(recal, *data.test)[1]
+    out["batch_statistics"] = 100 * batch_stat_accuracy(model, *data.test, cfg.batch_size)
+    return out
 
 
-def _mean(vals):
-    return sum(vals) / len(vals)
+class Inference(Experiment):
+    name = "inference"
+    title = "Inference statistics: moving averages vs Algorithm 2"
+    claim = ("At inference BN must use population statistics of the final network (Alg. 2); moving averages "
+             "approximate them, and go stale when their momentum is small relative to how fast the network changes.")
+    source = "Ioffe & Szegedy (2015), Section 3.1, Algorithm 2"
+    config_cls = InferenceConfig
+    presets = PRESETS
+
+    def __init__(self) -> None:
+        self._context: Any = None                     # (cfg, data, out_dir) the cache belongs to
+        self._cache: dict[int, dict[str, float]] = {}  # seed -> accuracy under every choice of statistics
+
+    def arms(self, cfg):
+        small = f"{cfg.small_momentum:g}"
+        return (Arm("recalibrated", "population statistics (Alg. 2)", baseline=True),
+                Arm("ema_small", f"moving average, momentum {small}, bias-corrected",
+                    params={"mode": f"ema_{small}_corrected"}),
+                Arm("ema_default", "moving average, momentum 0.1", params={"mode": "ema_0.1_raw"}))
+
+    def checks(self, cfg):
+        small = f"{cfg.small_momentum:g}"
+        return (
+            Check(f"the bias-corrected moving average at momentum {small} is stale: test accuracy more than "
+                  f"{cfg.stale_effect:g} points below Algorithm 2's", "test_acc", "ema_small", "recalibrated",
+                  "less", cfg.stale_effect, unit="points"),
+            Check(f"at the usual momentum 0.1 the moving average is within {cfg.default_effect:g} points of "
+                  "Algorithm 2", "test_acc", "ema_default", "recalibrated", "within", cfg.default_effect,
+                  unit="points"),
+        )
+
+    def load(self, cfg):
+        return load_splits(cfg, standardized=True)
+
+    def train(self, cfg, arm, seed, ctx):
+        context = (cfg, id(ctx.data), str(ctx.out_dir))
+        if context != self._context:
+            self._context, self._cache = context, {}
+        if seed not in self._cache:  # one network per seed serves every arm (the momentum never touches weights)
+            self._cache[seed] = self._train_network(cfg, seed, ctx)
+        modes = self._cache[seed]
+        mode = arm.params.get("mode", "recalibrated")
+        return seed_result({"test_acc": modes[mode], **modes}, {"modes": modes})
+
+    def _train_network(self, cfg, seed, ctx) -> dict[str, float]:
+        data = ctx.data
+        torch.manual_seed(seed)
+        model = small_cnn(bnlab.BatchNorm2d, "relu", 0.0, cfg.widths, cfg.hidden, tuple(data.train[0].shape[1:]))
+        averages = MovingAverages(model, cfg.momenta)
+        loop = LoopConfig(optimizer="sgd", lr=cfg.lr, momentum=cfg.sgd_momentum, steps=cfg.steps,
+                          batch_size=cfg.batch_size, eval_every=cfg.steps, ckpt_every=0, seed=seed)
+        # resume=False: the averages live in hooks, not in the checkpoint, so the run is always whole
+        fit(model, data.train, None, loop, ctx.out_dir, val=data.val, tag=f"network/seed{seed}", resume=False,
+            meta={"experiment": "inference"}, desc=f"inference s{seed}")
+        averages.remove()
+        if averages.steps != cfg.steps:
+            raise RuntimeError(f"the moving averages saw {averages.steps} steps of {cfg.steps} (did training diverge?)")
+        return evaluate_modes(model, averages, cfg, data, seed)
+
+    def figures(self, cfg, results, out_dir):
+        modes = [("recalibrated", "population statistics (Alg. 2)"), ("batch_statistics", "each test batch's own")]
+        for m in cfg.momenta:
+            modes += [(f"ema_{m:g}_raw", f"moving avg. {m:g}, raw"), (f"ema_{m:g}_corrected", f"moving avg. {m:g}, "
+                                                                                             "bias-corrected")]
+        runs = results.runs["recalibrated"]
+        fig, axes = new_figure(1, 1, width=8.5, height=4.4)
+        ax = axes[0][0]
+        for i, (key, label) in enumerate(modes):
+            vals = [r.series["modes"][key] for r in runs]
+            st = style(i)
+            ax.bar(i, sum(vals) / len(vals), color=st["color"], alpha=0.75, label=label)
+            ax.plot([i] * len(vals), vals, linestyle="none", marker=st["marker"], color="black", markersize=4)
+        ax.set_xticks(range(len(modes)), [label for _, label in modes], rotation=30, ha="right", fontsize=8)
+        ax.set(ylabel="test accuracy (%)", ylim=(0, 100),
+               title=f"Which BN statistics at inference? Final network after {cfg.steps} steps at lr {cfg.lr:g}")
+        ax.grid(alpha=0.3, axis="y")
+        legend_below(fig, ncol=3, note=f"bars: mean over seeds {list(cfg.seeds)}; black markers: one seed each")
+        return (save_figure(fig, out_dir, "inference.png",
+                            "Test accuracy of one final network per seed under each choice of BN statistics: a bar "
+                            "below the Alg. 2 bar means those statistics no longer describe the final network "
+                            "(stale); bias correction removes the initial-value part of the lag, not the "
+                            "network's own change."),)
+
+    def tables(self, cfg, results):
+        runs = results.runs["recalibrated"]
+        keys = list(runs[0].series["modes"])
+        rows = [[k.replace("_", " "), " / ".join(f"{r.series['modes'][k]:.1f}" for r in runs)] for k in keys]
+        return ({"caption": f"test accuracy % of the final network per seed ({list(cfg.seeds)}); "
+                            f"{cfg.steps} steps at constant lr {cfg.lr:g}",
+                 "header": ["BN statistics", "test accuracy % per seed"], "rows": rows},)
+
+    def published(self):
+        return ({"caption": "Algorithm 2 (no accuracy numbers are published for this)",
+                 "header": ["quantity", "paper"],
+                 "rows": [["E[x]", "E_B[μ_B] over training mini-batches"], ["Var[x]", "m/(m−1) · E_B[σ²_B]"],
+                          ["practice", "moving averages during training (Sec. 3.1)"]]},)
+
+    def deviations(self, cfg):
+        return ("Small CNN (BN after both convolutions, none on the FC layer) on the configured dataset; "
+                f"Alg. 2's statistics from {cfg.recal_batches} training batches, not all of them.",
+                "The final network is evaluated (no step is selected: the claim is about the final network's "
+                "statistics; the test set selects nothing).",
+                "Moving averages are kept by hooks for every momentum in one run; the network's own running "
+                "statistics (momentum 0.1) equal the raw average at 0.1.")
 
 
-def _plot(cfg, rows, path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    moms = list(rows)
-    xs = range(len(moms))
-    for i, mode in enumerate(MODES):
-        ax.bar([x + (i - 1) * 0.27 for x in xs], [100 * _mean([r[mode] for r in rows[m]]) for m in moms],
-               width=0.27, label=mode, color=f"C{i}")
-    ax.set_xticks(list(xs), [f"momentum {m}" for m in moms])
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 100),
-           title=f"Eval-mode statistics vs BN momentum after {cfg.steps} steps (Alg. 2)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3, axis="y")
-    save_figure(fig, path)
-
-
-def report_section(results: dict[str, Any], run_dir: Path) -> Section:
-    acc = results["accuracy"]
-    moms = list(acc)
-    mean = {m: {k: _mean([r[k] for r in acc[m]]) for k in (*MODES, "max_rel_var_gap")} for m in moms}
-    rows = tuple((m, *(f"{100 * mean[m][k]:.1f}" for k in MODES), f"{mean[m]['max_rel_var_gap']:.2f}")
-                 for m in moms)
-    smallest = min(moms, key=float)
-    default = "0.1" if "0.1" in moms else moms[-1]
-    rec, mov, bat = (lambda m: mean[m]["recalibrated (Alg. 2)"]), (lambda m: mean[m]["moving average"]), \
-        (lambda m: mean[m]["batch statistics"])
-    checks = (
-        Check(f"the moving average is stale at momentum {smallest}: ≥ 5 points below recalibrated statistics",
-              mov(smallest) < rec(smallest) - 0.05, f"{100 * mov(smallest):.1f}% vs {100 * rec(smallest):.1f}%"),
-        Check("recalibration (Alg. 2) restores the accuracy: within 1 point of the best mode at every momentum",
-              all(rec(m) >= max(mov(m), bat(m)) - 0.01 for m in moms),
-              "; ".join(f"{m}: {100 * rec(m):.1f}%" for m in moms)),
-        Check(f"at the usual momentum {default}, moving averages are within 1 point of recalibrated statistics",
-              abs(mov(default) - rec(default)) <= 0.01, f"{100 * mov(default):.1f}% vs {100 * rec(default):.1f}%"),
-    )
-    return Section(
-        key="inference", title="Inference statistics: moving averages vs Algorithm 2",
-        claim="At inference BN must use population statistics of the final network (Alg. 2); moving averages "
-              "approximate them and go stale when their momentum is small relative to training length.",
-        source="Ioffe & Szegedy (2015), Section 3.1, Algorithm 2",
-        published=(Table(("quantity", "paper"), (("E[x]", "E_B[μ_B] over training mini-batches"),
-                                                  ("Var[x]", "m/(m−1) · E_B[σ²_B]"),
-                                                  ("practice", "moving averages during training (Sec. 3.1)")),
-                         caption="Algorithm 2 (no accuracy numbers are published for this)"),),
-        ours=(Table(("BN momentum", *(f"{k} %" for k in MODES), "max rel. gap of running var"), rows,
-                    caption=f"test accuracy, seeds {results['seeds']}; identical weights across momenta "
-                            f"(max difference {results['max_weight_difference_across_momenta']:.1e})"),),
-        figures=tuple(p for p in [Path(run_dir) / "inference.png"] if p.exists()),
-        checks=checks,
-        deviations=("Small CNN on MNIST; recalibration over a fixed number of training batches, not all of them.",),
-        run_dir=str(run_dir),
-    )
-
-
-def summarize(results: dict[str, Any], run_dir: Path) -> str:
-    return render_markdown([report_section(results, run_dir)])
-
-
-EXPERIMENT = Experiment(
-    name="inference",
-    claim="Inference needs population statistics (Alg. 2); moving averages can be stale",
-    config_cls=InferenceConfig, presets=PRESETS, run=run, summarize=summarize, order=60,
-    figures=("inference.png",),
-)
+EXPERIMENT = Inference()

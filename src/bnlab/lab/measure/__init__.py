@@ -9,9 +9,12 @@ checked on a model whose answer is known in closed form (a quadratic, a deep lin
   when the layers before it take their update (Santurkar et al., 2018, Definition 2.1).
 - :mod:`.running_stats`: moving averages of BN's batch statistics at several momenta,
   raw (PyTorch's ``running_mean``/``running_var``) and bias-corrected.
+- :mod:`.distribution`: how far the distributions of layer inputs move between two moments
+  (per-channel mean and standard deviation on a probe batch).
 - :mod:`.functional`: the closures themselves, built from a module with
   ``torch.func.functional_call`` so that measuring never mutates the model.
 """
+from .distribution import distribution_shift, layer_input_stats
 from .functional import flat_norm, loss_closure, named_params
 from .ics import IcsPoint, internal_covariate_shift
 from .landscape import LandscapeProbe, probe_along_gradient
@@ -22,6 +25,8 @@ __all__ = [
     "LandscapeProbe",
     "MovingAverages",
     "batch_statistics",
+    "distribution_shift",
+    "layer_input_stats",
     "bn_layers",
     "flat_norm",
     "internal_covariate_shift",

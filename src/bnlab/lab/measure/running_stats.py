@@ -31,9 +31,11 @@ __all__ = ["MovingAverages", "bn_layers", "batch_statistics"]
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every batch-norm layer with running statistics, in registration order."""
+    """``(name, layer)`` of every layer that keeps running statistics (``running_mean``/``running_var``
+    buffers and a ``momentum``: torch's and bnlab's BN, Ghost BN, Batch Renorm, SyncBN), in registration order."""
     return [(n, m) for n, m in model.named_modules()
-            if "BatchNorm" in type(m).__name__ and getattr(m, "running_mean", None) is not None]
+            if isinstance(getattr(m, "running_mean", None), Tensor)
+            and isinstance(getattr(m, "running_var", None), Tensor) and hasattr(m, "momentum")]
 
 
 def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:

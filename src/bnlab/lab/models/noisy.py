@@ -58,8 +58,9 @@ def sample_noise(shape: tuple[int, ...], mu: float, sigma: float, seed: int,
     ``s_i ~ N(σ, 0.1²)``, ``m_i ~ U(μ − 0.1, μ + 0.1)``, i.i.d., a pure function of ``seed``.
     """
     g = torch.Generator().manual_seed(seed)
-    scale = sigma + SCALE_STD * torch.randn(shape, generator=g, dtype=torch.float64)
-    shift = mu + SHIFT_HALF_WIDTH * (2 * torch.rand(shape, generator=g, dtype=torch.float64) - 1)
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # drawn at ≥ float32 precision
+    scale = sigma + SCALE_STD * torch.randn(shape, generator=g, dtype=work)
+    shift = mu + SHIFT_HALF_WIDTH * (2 * torch.rand(shape, generator=g, dtype=work) - 1)
     return scale.to(dtype=dtype, device=device), shift.to(dtype=dtype, device=device)
 
 
