@@ -103,26 +103,21 @@ def test_flipped_bit_in_checkpoint_stops_resume(tmp_path, capsys):
     assert "does not match its SHA-256" in _one_line_error(capsys)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"{}", b"\xff\xfe\x00garbage"])
-def test_malformed_checkpoint_is_one_line(tmp_path, capsys, content):
-    out = tmp_path / "run"
-    assert train(out, 10) == 0
-    ckpt = out / "checkpoints" / "model.pt"
-    ckpt.write_bytes(content)
-    (out / "checkpoints" / "model.pt.sha256").write_text(hashlib.sha256(content).hexdigest() + "  model.pt\n")
-    capsys.readouterr()
-    assert train(out, 10, "--resume") == 1
-    assert "model.pt" in _one_line_error(capsys)
+DAMAGED = [b"", b"not a checkpoint", b"null", b"{}", b"\xff\xfe\x00 not utf-8"]
 
 
-@pytest.mark.parametrize("content", [b"", b"null", b"{}", b"\xff not utf-8"])
-def test_malformed_config_on_resume_is_one_line(tmp_path, capsys, content):
+@pytest.mark.parametrize("content", DAMAGED)
+@pytest.mark.parametrize("name,code", [("checkpoints/model.pt", 1), ("config.json", 2)])
+def test_damaged_run_file_on_resume_is_one_line(tmp_path, capsys, name, code, content):
+    """Empty, text, `null`, `{}` or non-UTF-8 files gave tracebacks or `KeyError: networks`."""
     out = tmp_path / "run"
     assert train(out, 10) == 0
-    (out / "config.json").write_bytes(content)
+    (out / name).write_bytes(content)
+    if name.endswith(".pt"):  # a matching hash: what is refused is the content itself
+        (out / (name + ".sha256")).write_text(hashlib.sha256(content).hexdigest() + "  model.pt\n")
     capsys.readouterr()
-    assert train(out, 10, "--resume") == 2
-    assert "config.json" in _one_line_error(capsys)
+    assert train(out, 10, "--resume") == code
+    assert name.split("/")[-1] in _one_line_error(capsys)
 
 
 def test_second_writer_into_the_same_out_is_refused(tmp_path, capsys):
