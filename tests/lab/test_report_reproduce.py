@@ -1,52 +1,50 @@
-"""``bnlab reproduce``: report.html beside results.md, finished experiments reused, ``--force``."""
+"""``bnlab reproduce``: one report over the experiments, verdicts on the terminal, controls linked."""
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 
 import pytest
 
 from bnlab.lab import cli
 
+pytestmark = pytest.mark.usefixtures("reference_kernels")
 
-class _Imgs(HTMLParser):
+
+class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.srcs = []
+        self.imgs, self.links = [], []
 
     def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
         if tag == "img":
-            self.srcs.append(dict(attrs)["src"])
+            self.imgs.append(a["src"])
+        if tag == "a":
+            self.links.append(a.get("href", ""))
 
 
 @pytest.mark.timeout(600)
-def test_reproduce_writes_report_reuses_finished_and_force_reruns(tmp_path, monkeypatch, capsys):
+def test_reproduce_reports_every_verdict_and_links_each_control(tmp_path, capsys):
     out = tmp_path / "rep"
-    argv = ["reproduce", "--only", "inference", "--preset", "tiny", "--out", str(out)]
-    assert cli.main(argv) == 0
+    assert cli.main(["reproduce", "--only", "fig1", "--preset", "tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((out / "fig1" / "results.json").read_text())
+    ctl = json.loads((out / "fig1" / "control" / "results.json").read_text())
+    # the terminal ends with one verdict line per experiment, the same verdicts as the files
+    line = f"fig1: {rec['verdict']} ("
+    assert line in printed and f"negative control: {ctl['verdict']}" in printed
+    assert ctl["verdict"] != "reproduced" and rec["control_summary"]["verdict"] == ctl["verdict"]
     page = (out / "report.html").read_text()
-    assert (out / "results.md").exists() and "Verdict:" in page
-    imgs = _Imgs()
-    imgs.feed(page)
-    assert imgs.srcs and all(s.startswith("data:image/png;base64,") for s in imgs.srcs)
-    first = json.loads((out / "inference" / "results.json").read_text())
-
-    # a second reproduce reuses the finished results: run_experiment is not called
-    from bnlab.lab import experiments as registry
-
-    calls = []
-    real = registry.run_experiment
-    monkeypatch.setattr(registry, "run_experiment", lambda *a, **k: calls.append(k) or real(*a, **k))
-    assert cli.main(argv) == 0
-    assert calls == [] and "reused" in capsys.readouterr().out
-    assert json.loads((out / "inference" / "results.json").read_text()) == first
-
-    # an unfinished folder with the same config resumes from its checkpoints
-    (out / "inference" / "results.json").unlink()
-    assert cli.main(argv) == 0
-    assert calls[-1]["resume"] is True
-    # --force reruns from scratch
-    assert cli.main(argv + ["--force"]) == 0
-    assert calls[-1]["resume"] is False
-    again = json.loads((out / "inference" / "results.json").read_text())
-    assert again["accuracy"] == first["accuracy"]  # a CPU run repeats bit for bit
+    parsed = _Page()
+    parsed.feed(page)
+    assert len(parsed.imgs) == len(rec["figures"]) >= 3
+    assert all(s.startswith("data:image/png;base64,") for s in parsed.imgs)
+    assert "fig1/control/results.json" in parsed.links                # relative to the page: it resolves
+    assert (out / parsed.links[parsed.links.index("fig1/control/results.json")]).exists()
+    assert f'class="v v-{rec["verdict"]}"' in page and "How verdicts are computed" in page
+    for c in rec["checks"]:                                            # every check with its numbers
+        assert f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]" in page
+    md = (out / "results.md").read_text()
+    assert re.search(r"\| fig1 \| " + rec["verdict"] + r" \| " + ctl["verdict"] + r" \|", md)

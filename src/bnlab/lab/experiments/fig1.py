@@ -55,7 +55,7 @@ class Fig1Config(ExperimentConfig, DataConfig, LoopConfig):
     lr: float = _f(0.5, "learning rate, both networks")
     momentum: float = _f(0.0, "SGD momentum")
     init_std: float = _f(0.01, "std of the Gaussian initial weights (paper: 'small random Gaussian')")
-    steps: int = _f(2000, "training steps per network")
+    steps: int = _f(1500, "training steps per network")
     batch_size: int = _f(60, "minibatch size (paper: 60)")
     eval_every: int = _f(100, "evaluate and probe every K steps")
     ckpt_every: int = _f(0, "checkpoint every K steps (0: only at the end)")
