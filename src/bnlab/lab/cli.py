@@ -188,7 +188,7 @@ def _start(session, out: Path, config: dict[str, Any], resume: bool, extend: boo
 
 
 def _stamp(out: Path, identity: dict[str, str], results: dict) -> None:
-    """Record the run's identity in results.json (if the framework did not already)."""
+    """Make sure results.json carries the run's identity (the framework stamps it; ``train`` does not)."""
     from .runs.runfiles import write_json
 
     if results.get("identity") != identity:
@@ -205,8 +205,8 @@ def _cmd_run(args) -> int:
     exp = get_experiment(args.experiment)
     cfg = _with_threads(apply_overrides(exp.presets[args.preset], overrides_from_args(args, exp.config_cls)))
     out = args.out or Path("runs") / f"{exp.name}-{args.preset}{'-control' if args.control else ''}"
-    kind = "control" if args.control else "experiment+control"
-    identity = run_identity(kind, exp.name, args.preset, config_to_dict(cfg))
+    identity = run_identity("experiment", exp.name + ("/control" if args.control else ""), args.preset,
+                            config_to_dict(cfg))
     with RunSession(out) as session:
         resume = _start(session, out, config_to_dict(cfg), args.resume, args.extend, args.preset)
         print(f"bnlab run {exp.name} --preset {args.preset}{' --control' if args.control else ''} -> {out}/")
@@ -233,7 +233,7 @@ def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
     from .runs.session import discard_failed, remove_stale_results
 
     cfg = _with_threads(exp.presets[preset], args.threads)
-    identity = run_identity("experiment+control", exp.name, preset, config_to_dict(cfg))
+    identity = run_identity("experiment", exp.name, preset, config_to_dict(cfg))
     outcome = None if args.force else finished_results(run_dir, identity)
     if outcome is not None:
         print(f"    finished results of this exact run (settings and code) found in {run_dir}/, "
