@@ -168,6 +168,8 @@ def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix
         if rec.get(key):
             parts.append(f"<h3>{label}</h3>" + "".join(_table(t) for t in rec[key]))
     parts.extend(_figure_html(f, run_dir) for f in rec.get("figures", ()))
+    if rec.get("notes"):
+        parts.append("<h3>Reading the numbers</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in rec["notes"]) + "</ul>")
     if rec.get("deviations"):
         parts.append("<h3>Deviations from the published protocol</h3><ul>"
                      + "".join(f"<li>{_e(d)}</li>" for d in rec["deviations"]) + "</ul>")
@@ -228,6 +230,8 @@ def section_markdown(rec: Mapping[str, Any]) -> str:
     for t in [*rec.get("published", ()), *rec.get("tables", ())]:
         out += [f"*{_md(t.get('caption', ''))}*", ""] + _md_table(t["header"], t["rows"])
     out += [f"![{_md(f['caption'])}]({_md(f['file'])})" for f in rec.get("figures", ())]
+    if rec.get("notes"):
+        out += ["", "Reading the numbers:", ""] + [f"- {_md(n)}" for n in rec["notes"]]
     if rec.get("deviations"):
         out += ["", "Deviations from the published protocol:", ""] + [f"- {_md(d)}" for d in rec["deviations"]]
     return "\n".join(out) + "\n"

@@ -174,6 +174,10 @@ class Experiment:
         """Tables of the published numbers."""
         return ()
 
+    def notes(self, cfg, results: Results) -> Sequence[str]:
+        """Sentences that read the numbers (e.g. where a sensitivity row disagrees with the headline)."""
+        return ()
+
     def deviations(self, cfg) -> Sequence[str]:
         """How this protocol differs from the published one (and protocol changes made after
         seeing a result)."""

@@ -54,6 +54,7 @@ def results_record(exp: Experiment, cfg, results: Results, *, preset: str | None
         "tables": [] if control else [dict(t) for t in exp.tables(cfg, results)],
         "published": [dict(t) for t in exp.published()],
         "figures": [dict(f) for f in figures],
+        "notes": [] if control else list(exp.notes(cfg, results)),
         "deviations": list(exp.deviations(cfg)),
         "seconds": round(seconds, 2),
     }
