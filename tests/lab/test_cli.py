@@ -61,7 +61,6 @@ def test_version(capsys):
     (["train", "--model", "bn-inception"], 2, ["--model bn-inception", "1×28×28", "models that do: mnist-mlp"]),
     (["train", "--out", "/proc/nope"], 2, ["--out /proc/nope", "cannot create", "writable"]),
     (["train", "--out", "/etc/passwd"], 2, ["--out /etc/passwd is a file", "choose a folder"]),
-    (["data", "fetch", "imagenet"], 2, ["unknown dataset", "cifar10"]),
     (["compare", "/nonexistent/a", "/nonexistent/b"], 2, ["RUN_A /nonexistent/a", "no such run folder"]),
     ([], 2, ["required"]),
 ])
@@ -124,7 +123,7 @@ def test_data_list_and_verify(tmp_path, capsys):
     assert cli("data", "list") == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("mnist-embedded", "mnist", "fashion-mnist", "cifar10"))
-    assert cli("data", "verify", "mnist", "--data-dir", tmp_path) == 1
+    assert cli("data", "verify", "cifar10", "--data-dir", tmp_path) == 1
     err = one_line(capsys)
     assert str(tmp_path) in err and "fetch" in err
 
@@ -132,16 +131,16 @@ def test_data_list_and_verify(tmp_path, capsys):
 def test_data_fetch_downloads_and_verifies(tmp_path, monkeypatch, capsys):
     import torch
 
-    import bnlab.lab.data as data
+    import bnlab.lab.data.cli as data_cli
     calls = []
 
     def fake_load(name, split, data_dir=None, download=False, dtype=None, base_url=None):
         calls.append((name, split, data_dir, download, base_url))
-        return torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)
+        return torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.arange(3)
 
-    monkeypatch.setattr(data, "load_dataset", fake_load)
-    assert cli("data", "fetch", "mnist", "--data-dir", tmp_path, "--base-url", "http://127.0.0.1:9/") == 0
-    assert calls == [("mnist", s, str(tmp_path), True, "http://127.0.0.1:9/") for s in ("train", "test")]
+    monkeypatch.setattr(data_cli, "load_dataset", fake_load)
+    assert cli("data", "fetch", "cifar10", "--data-dir", tmp_path, "--base-url", "http://127.0.0.1:9/") == 0
+    assert calls == [("cifar10", s, str(tmp_path), True, "http://127.0.0.1:9/") for s in ("train", "test")]
     assert "verified" in capsys.readouterr().out
 
 
@@ -193,3 +192,19 @@ def test_train_uses_the_default_threads(tmp_path, monkeypatch):
         assert read_json(tmp_path / "t" / "config.json")["meta"]["threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    """With the `tensorboard` extra every run also writes event files TensorBoard reads."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "t"
+    assert cli(*TRAIN, "--steps", "20", "--out", out) == 0
+    (logdir,) = (out / "tb").iterdir()
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    want = [(r["step"], r["test_acc"]) for r in read_jsonl(out / "metrics.jsonl")]
+    got = [(e.step, e.value) for e in acc.Scalars("test_acc")]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    assert all(abs(a - b) < 1e-6 for (_, a), (_, b) in zip(got, want))
