@@ -18,6 +18,7 @@ from typing import Any, Mapping, TypeVar
 
 __all__ = [
     "ConfigError",
+    "option",
     "add_config_flags",
     "overrides_from_args",
     "apply_overrides",
@@ -32,6 +33,15 @@ C = TypeVar("C")
 
 class ConfigError(ValueError):
     """A configuration value a person gave is invalid (reported as a one-line error)."""
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a default and the ``--help`` text of its command-line flag.
+
+    Example: ``steps: int = option(1000, "training steps")``. Tuples are immutable, so a
+    tuple default needs no factory.
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -88,6 +98,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any =
         text = helps[name]
         if defaults is not None:
             text = f"{text} (default: {shown!r})" if text else f"default: {shown!r}"
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         typ, metavar, is_bool = _parser_for(tp)
         if is_bool:
             group.add_argument(

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import ConfigError, check, config_to_dict
+from ..config import ConfigError, check, config_to_dict, option
 from ..data.batches import BatchLoader
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.resume import check_resume
@@ -44,25 +44,22 @@ EvalHook = Callable[[nn.Module, int], dict[str, Any]]
 Split = tuple[Tensor, Tensor]
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class LoopConfig:
     """Optimization and loop settings shared by every experiment."""
 
-    optimizer: str = _f("sgd", "sgd | adam")
-    lr: float = _f(0.1, "base learning rate")
-    momentum: float = _f(0.9, "SGD momentum / Adam beta1")
+    optimizer: str = option("sgd", "sgd | adam")
+    lr: float = option(0.1, "base learning rate")
+    momentum: float = option(0.9, "SGD momentum / Adam beta1")
     weight_decay: float = 0.0
-    schedule: str = _f("constant", "constant | step | exponential")
-    lr_step: int = _f(1000, "schedule period s (steps)")
-    lr_gamma: float = _f(0.1, "decay factor per period")
-    steps: int = _f(1000, "training steps")
-    batch_size: int = _f(60, "global minibatch size")
-    eval_every: int = _f(100, "evaluate every K steps")
-    ckpt_every: int = _f(1000, "checkpoint every K steps (0: only at the end)")
+    schedule: str = option("constant", "constant | step | exponential")
+    lr_step: int = option(1000, "schedule period s (steps)")
+    lr_gamma: float = option(0.1, "decay factor per period")
+    steps: int = option(1000, "training steps")
+    batch_size: int = option(60, "global minibatch size")
+    eval_every: int = option(100, "evaluate every K steps")
+    ckpt_every: int = option(1000, "checkpoint every K steps (0: only at the end)")
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -8,7 +8,6 @@ gloo process group and trains data-parallel (DDP); rank 0 writes the files.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 import bnlab
 
 from . import distributed as D
-from ..config import ConfigError, check, config_to_dict
+from ..config import ConfigError, check, config_to_dict, option
 from ..data import dataset_info
 from ..models import build_model, model_names, norm_names
 from ..runs.runfiles import run_metadata, write_json
@@ -27,22 +26,19 @@ from .train import LoopConfig, fit
 __all__ = ["TrainConfig", "run_training", "load_train_test"]
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class TrainConfig(LoopConfig):
     """Settings of ``bnlab train`` (loop fields from :class:`~bnlab.lab.engine.train.LoopConfig`)."""
 
-    model: str = _f("mnist-mlp", "mnist-mlp | seed-net | vgg-small | bn-inception")
-    dataset: str = _f("mnist-embedded", "mnist-embedded | mnist | fashion-mnist | cifar10")
-    data_dir: str = _f("", "data/cache directory ('' = default, env BNLAB_DATA)")
-    download: bool = _f(False, "download missing official files")
-    binarize: bool = _f(False, "binary 0/1 pixels")
-    norm: str = _f("batch", "norm layer: batch | torch | none | ghost | renorm | ...")
-    sync_bn: bool = _f(False, "under torchrun: convert BN layers to bnlab.SyncBatchNorm")
-    threads: int = _f(0, "torch CPU threads per process (0 = torch's default)")
+    model: str = option("mnist-mlp", "mnist-mlp | seed-net | vgg-small | bn-inception")
+    dataset: str = option("mnist-embedded", "mnist-embedded | mnist | fashion-mnist | cifar10")
+    data_dir: str = option("", "data/cache directory ('' = default, env BNLAB_DATA)")
+    download: bool = option(False, "download missing official files")
+    binarize: bool = option(False, "binary 0/1 pixels")
+    norm: str = option("batch", "norm layer: batch | torch | none | ghost | renorm | ...")
+    sync_bn: bool = option(False, "under torchrun: convert BN layers to bnlab.SyncBatchNorm")
+    threads: int = option(0, "torch CPU threads per process (0 = torch's default)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

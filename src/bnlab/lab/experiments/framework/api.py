@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-from ...config import check, config_to_dict
+from ...config import check, config_to_dict, option
 from ...report.verdict import DIRECTIONS, outcome, paired_ci, part_verdicts, verdict
 
 __all__ = [
@@ -41,16 +41,13 @@ __all__ = [
 CONTROL_SEED_OFFSET = 1000
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Fields every experiment config has; subclass it (``@dataclass(frozen=True)``)."""
 
-    seeds: tuple[int, ...] = _f((0, 1, 2), "seeds; arms are paired by seed")
-    threads: int = _f(1, "torch CPU threads while it runs (0 = torch's default)")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds; arms are paired by seed")
+    threads: int = option(1, "torch CPU threads while it runs (0 = torch's default)")
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)

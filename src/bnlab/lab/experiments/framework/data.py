@@ -9,14 +9,13 @@ and standard deviation; ``binarize`` thresholds the pixels at 0.5 first (the pap
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ...config import check
+from ...config import check, option
 
 __all__ = ["DataConfig", "Splits", "load_splits", "standardize"]
 
@@ -24,19 +23,16 @@ Split = tuple[Tensor, Tensor]
 _SPLIT_SEED = 20150211  # fixed: the validation/train partition never depends on a run's seed
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
 
 @dataclass(frozen=True)
 class DataConfig:
     """Data fields shared by the experiment configs (mix into an experiment's config class)."""
 
-    dataset: str = _f("mnist-embedded", "dataset name (bnlab data list)")
-    data_dir: str = _f("", "data/cache directory ('' = default, env BNLAB_DATA)")
-    download: bool = _f(False, "download missing official files")
-    val_size: int = _f(500, "training images held out as the validation split (selects the step)")
-    train_limit: int = _f(0, "use this many of the remaining training images (0 = all)")
+    dataset: str = option("mnist-embedded", "dataset name (bnlab data list)")
+    data_dir: str = option("", "data/cache directory ('' = default, env BNLAB_DATA)")
+    download: bool = option(False, "download missing official files")
+    val_size: int = option(500, "training images held out as the validation split (selects the step)")
+    train_limit: int = option(0, "use this many of the remaining training images (0 = all)")
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
