@@ -15,8 +15,9 @@ import types
 import pytest
 
 import bnlab
-from bnlab.lab import cli as cli_module
-from bnlab.lab.cli import default_threads, main
+from bnlab.lab import commands
+from bnlab.lab.cli import main
+from bnlab.lab.commands import default_threads
 from bnlab.lab.runs.runfiles import read_json, read_jsonl
 
 TRAIN = ["train", "--model", "mnist-mlp", "--optimizer", "adam", "--lr", "0.01", "--batch-size", "32",
@@ -183,7 +184,7 @@ def test_default_threads(monkeypatch, cpus, load, env, want):
 def test_train_uses_the_default_threads(tmp_path, monkeypatch):
     import torch
 
-    monkeypatch.setattr(cli_module, "default_threads", lambda: 1)
+    monkeypatch.setattr(commands, "default_threads", lambda: 1)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -1,0 +1,311 @@
+"""What each ``bnlab`` subcommand does, once :mod:`bnlab.lab.cli` has parsed its flags.
+
+Each ``cmd_*`` function takes the parsed arguments and returns the exit status. Run folders
+are held by a :class:`~bnlab.lab.runs.session.RunSession` (checked, locked, tidied, removed
+again if the run fails before it has checkpoints); ``--resume``/``--extend`` are validated
+against the folder's ``config.json`` before any work; ``reproduce`` reuses a finished
+experiment only when its ``results.json`` carries this run's identity.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, apply_overrides, config_to_dict, overrides_from_args
+
+__all__ = ["default_threads", "one_line", "cmd_list", "cmd_run", "cmd_reproduce", "cmd_train", "cmd_compare",
+           "cmd_data", "cmd_build", "cmd_bench", "EXIT_FAILED"]
+
+EXIT_FAILED = 1
+
+def default_threads() -> int:
+    """Torch CPU threads for a lab run when ``--threads 0``: never a pathological choice.
+
+    The CPUs this process may use minus those already busy (the 1-minute load average,
+    rounded), at least 1 and at most 4 (the lab's networks are small: more threads mostly
+    add synchronisation). On an oversubscribed machine this is 1: there, torch's default
+    of one thread per core spins waiting for cores that other processes hold (on a
+    2-core machine at load 6, 100 MLP steps took ~3 s with 2 threads, ~0.3 s with 1).
+    ``BNLAB_THREADS`` overrides.
+    """
+    env = os.environ.get("BNLAB_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cpus - busy, 4))
+
+
+def _set_threads(requested: int) -> int:
+    import torch
+
+    n = requested or default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def cmd_list() -> int:
+    from .experiments import experiments
+
+    for name, exp in experiments().items():
+        print(f"{name}: {exp.claim}")
+        for preset, cfg in exp.presets.items():
+            d = config_to_dict(cfg)
+            keys = [k for k in ("dataset", "steps", "batch_size", "optimizer", "lr") if k in d]
+            print(f"    --preset {preset:<6} " + ", ".join(f"{k}={d[k]}" for k in keys))
+    return 0
+
+
+def _start(session, out: Path, config: dict[str, Any], resume: bool, extend: bool,
+           preset: str | None = None) -> bool:
+    """Validate ``--resume``/``--extend`` against the folder; clear stale results. Returns resume."""
+    from .runs.resume import check_config_change
+    from .runs.session import remove_stale_results
+
+    if extend and not resume:
+        raise ConfigError("--extend continues a run: use it together with --resume")
+    if resume:
+        check_config_change(out, config, extend=extend, preset=preset)
+    else:
+        remove_stale_results(out)
+    if session.lock is not None and session.lock.stale_pid is not None:
+        print(f"note: {out} had a lock of pid {session.lock.stale_pid}, which is no longer running; taken over")
+    return resume
+
+
+def _stamp(out: Path, identity: dict[str, str], results: dict) -> None:
+    """Make sure results.json carries the run's identity (the framework stamps it; ``train`` does not)."""
+    from .runs.runfiles import write_json
+
+    if results.get("identity") != identity:
+        results["identity"] = identity
+        write_json(out / "results.json", results)
+
+
+def cmd_run(args) -> int:
+    from .experiments import get_experiment, run_experiment
+    from .report.render import verdict_line
+    from .runs.identity import run_identity
+    from .runs.session import RunSession
+
+    exp = get_experiment(args.experiment)
+    cfg = _with_threads(apply_overrides(exp.presets[args.preset], overrides_from_args(args, exp.config_cls)))
+    out = args.out or Path("runs") / f"{exp.name}-{args.preset}{'-control' if args.control else ''}"
+    identity = run_identity("experiment", exp.name + ("/control" if args.control else ""), args.preset,
+                            config_to_dict(cfg))
+    with RunSession(out) as session:
+        resume = _start(session, out, config_to_dict(cfg), args.resume, args.extend, args.preset)
+        print(f"bnlab run {exp.name} --preset {args.preset}{' --control' if args.control else ''} -> {out}/")
+        rec = run_experiment(exp, cfg, out, preset=args.preset, resume=resume, control=args.control,
+                             with_control=not args.control)
+        _stamp(out, identity, rec)
+    print(verdict_line(rec))
+    print(f"report: {out / 'report.html'}  results: {out / 'results.json'}  metrics: {out / 'metrics.jsonl'}")
+    return 0
+
+
+def _with_threads(cfg, requested: int | None = None):
+    """``cfg`` with ``threads`` resolved: ``requested`` if given, 0 -> :func:`default_threads`."""
+    if not hasattr(cfg, "threads"):
+        return cfg
+    n = (cfg.threads if requested is None else requested) or default_threads()
+    return cfg if n == cfg.threads else apply_overrides(cfg, {"threads": n})
+
+
+def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
+    from .experiments import run_experiment
+    from .runs.identity import run_identity
+    from .runs.resume import finished_results, same_config
+    from .runs.session import discard_failed, remove_stale_results
+
+    cfg = _with_threads(exp.presets[preset], args.threads)
+    identity = run_identity("experiment", exp.name, preset, config_to_dict(cfg))
+    outcome = None if args.force else finished_results(run_dir, identity)
+    if outcome is not None:
+        print(f"    finished results of this exact run (settings and code) found in {run_dir}/, "
+              "reused (--force reruns)", flush=True)
+        return outcome
+    created = not run_dir.exists()
+    resume = not args.force and (args.resume or same_config(run_dir, identity))
+    if not resume:
+        remove_stale_results(run_dir)
+    try:
+        outcome = run_experiment(exp, cfg, run_dir, preset=preset, resume=resume, with_control=True)
+    except BaseException:
+        discard_failed(run_dir, created)
+        raise
+    _stamp(run_dir, identity, outcome)
+    return outcome
+
+
+def cmd_reproduce(args) -> int:
+    from .experiments import experiments
+    from .report.render import verdict_line
+    from .report.reproduce import not_run_record, write_reproduce
+    from .runs.session import RunSession
+
+    registry = experiments()
+    names = args.only or list(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ConfigError(f"--only: unknown experiment(s) {unknown}; choose from {list(registry)}")
+    for name in names:
+        if args.preset not in registry[name].presets:
+            raise ConfigError(f"--preset {args.preset}: experiment {name} has no such preset; "
+                              f"choose from {sorted(registry[name].presets)}")
+    t0, entries, failed = time.perf_counter(), [], 0
+    with RunSession(args.out):
+        print(f"bnlab reproduce --preset {args.preset} -> {args.out}/", flush=True)
+        for i, name in enumerate(names, 1):
+            exp = registry[name]
+            print(f"[{i}/{len(names)}] {name} ({args.preset}): {exp.claim}", flush=True)
+            try:
+                outcome = _reproduce_one(exp, args.preset, args.out / name, args)
+                print("    " + verdict_line(outcome), flush=True)
+            except (ConfigError, RuntimeError, ValueError, OSError) as exc:
+                failed += 1
+                outcome = exc
+                print(f"bnlab: {name} failed: {one_line(exc)}", file=sys.stderr, flush=True)
+            entries.append((exp, outcome, name))
+        md, page = write_reproduce(args.out, entries, args.preset, time.perf_counter() - t0)
+    print("\nverdicts:")
+    for exp, outcome, _ in entries:
+        print("  " + verdict_line(outcome if isinstance(outcome, dict) else not_run_record(exp, outcome)))
+    print(f"summary: {md}\nreport:  {page}  (open it in a browser)")
+    return EXIT_FAILED if failed else 0
+
+
+def _check_model_fits(cfg) -> None:
+    """``--model`` must accept ``--dataset``'s images: one forward pass on zeros, before any work."""
+    import torch
+
+    from .data import dataset_info, dataset_names
+    from .models import build_model, model_names
+
+    if cfg.dataset not in dataset_names():
+        raise ConfigError(f"--dataset {cfg.dataset}: unknown dataset; choose from {list(dataset_names())}")
+    info = dataset_info(cfg.dataset)
+
+    def fits(name: str) -> bool:
+        try:
+            with torch.no_grad():
+                build_model(name, "none", in_shape=tuple(info.shape), num_classes=info.num_classes).eval()(
+                    torch.zeros(1, *info.shape))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+    if not fits(cfg.model):
+        shape = "×".join(map(str, info.shape))
+        good = [m for m in model_names() if m != cfg.model and fits(m)]
+        raise ConfigError(f"--model {cfg.model} does not take --dataset {cfg.dataset}'s {shape} images; "
+                          f"models that do: {', '.join(good) or 'none'}")
+
+
+def cmd_train(args) -> int:
+    from .engine.train_job import TrainConfig, run_training
+    from .runs.identity import run_identity
+    from .runs.session import RunSession
+
+    cfg = apply_overrides(TrainConfig(), overrides_from_args(args, TrainConfig))
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    _check_model_fits(cfg)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 of torchrun, or a plain run
+    with _distributed(args.timeout), RunSession(args.out, lock=main_rank) as session:
+        resume = _start(session, args.out, config_to_dict(cfg), args.resume, args.extend)
+        _set_threads(cfg.threads)
+        res = run_training(cfg, args.out, resume=resume)
+        if main_rank:
+            _stamp(args.out, run_identity("train", cfg.model, None, config_to_dict(cfg)), res)
+    if main_rank:
+        acc = res["final_test_acc"]
+        print(f"{res['status']}: {res['steps']} steps, final test accuracy "
+              f"{'—' if acc is None else f'{acc:.4f}'}, results in {args.out}/results.json")
+    return 0 if res["status"] == "completed" else EXIT_FAILED
+
+
+class _distributed:
+    """Join torchrun's process group with a collective timeout (no-op for a plain run)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout, self.joined = timeout, False
+
+    def __enter__(self):
+        import datetime
+
+        import torch.distributed as dist
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+            try:
+                dist.init_process_group("gloo", init_method="env://",
+                                        timeout=datetime.timedelta(seconds=self.timeout))
+            except Exception as exc:  # noqa: BLE001 - torch raises several types here
+                raise RuntimeError(f"distributed: could not join the other processes within --timeout "
+                                   f"{self.timeout:g} s ({one_line(exc)}); check that every rank started") from None
+            self.joined = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            if exc is not None and "timed out" in str(exc).lower():
+                raise RuntimeError(f"distributed: another process did not answer within --timeout "
+                                   f"{self.timeout:g} s ({one_line(exc)}); is a rank stuck or dead?") from None
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs
+
+    text, figure = compare_runs(args.run_a, args.run_b, metrics=args.metrics,
+                                figure=Path(args.figure) if args.figure else None)
+    print(text)
+    if figure is not None:
+        print(f"figure: {figure}")
+    return 0
+
+
+def cmd_data(argv: Sequence[str]) -> int:
+    from .data.cli import main as data_main
+
+    return int(data_main(list(argv), prog="bnlab data") or 0)
+
+
+def cmd_build() -> int:
+    try:
+        from ..kernels import build
+    except ImportError:
+        raise RuntimeError("this bnlab has no build step for compiled kernels (bnlab.kernels.build is "
+                           "missing): nothing to build, the PyTorch reference kernels are used") from None
+    print(build(verbose=True))
+    return 0
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    try:
+        from .bench import main as bench_main
+    except ImportError as exc:
+        raise ConfigError(f"bnlab bench is not available in this build ({exc})") from None
+    return int(bench_main(list(argv)) or 0)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the message, or ``path: reason`` for OS errors."""
+    from .runs.session import is_disk_full
+
+    if is_disk_full(exc) and not getattr(exc, "filename", None):
+        return "no space left on device while writing the run's files: free some space or choose another --out"
+    if isinstance(exc, OSError) and str(exc).startswith("[Errno") and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, KeyError) and exc.args:
+        return f"missing entry {exc.args[0]!r}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
