@@ -20,7 +20,7 @@ import torch
 import bnlab
 from bnlab.lab.runs.checkpoint import load_checkpoint
 from bnlab.lab.runs.runfiles import read_json
-from bnlab.lab.train_job import TrainConfig, run_training
+from bnlab.lab.engine.train_job import TrainConfig, run_training
 
 pytestmark = pytest.mark.distributed
 

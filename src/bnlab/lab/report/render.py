@@ -173,7 +173,8 @@ def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix
     if rec.get("deviations"):
         parts.append("<h3>Deviations from the published protocol</h3><ul>"
                      + "".join(f"<li>{_e(d)}</li>" for d in rec["deviations"]) + "</ul>")
-    parts.append(f'<p class="meta">{_e(rec.get("seconds", 0))} s · run folder '
+    budget = f' (quick budget {rec["budget_s"]:g} s)' if rec.get("budget_s") and rec.get("preset") == "quick" else ""
+    parts.append(f'<p class="meta">{_e(rec.get("seconds", 0))} s{_e(budget)} · run folder '
                  f"<code>{_e(link_prefix or run_dir)}</code></p></section>")
     return "\n".join(parts)
 

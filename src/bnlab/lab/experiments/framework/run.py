@@ -57,6 +57,7 @@ def results_record(exp: Experiment, cfg, results: Results, *, preset: str | None
         "notes": [] if control else list(exp.notes(cfg, results)),
         "deviations": list(exp.deviations(cfg)),
         "seconds": round(seconds, 2),
+        "budget_s": exp.budget_s,
     }
 
 
