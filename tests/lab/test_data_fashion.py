@@ -150,3 +150,28 @@ def test_real_debian_fashion_mnist(tmp_path, monkeypatch):
     assert abs(x_train.mean().item() - 0.2860) < 5e-4
     assert abs(x_train.std().item() - 0.3530) < 5e-4
     assert not os.listdir(tmp_path)  # read in place from the system folder
+
+
+def test_experiments_fall_back_to_the_embedded_digits_and_say_so(tmp_path, monkeypatch):
+    from bnlab.lab.data.choose import choose_dataset, is_available
+    from bnlab.lab.experiments.d2l_lenet import PRESETS
+    from bnlab.lab.experiments.kit import data_note, used_dataset
+
+    monkeypatch.setenv("BNLAB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(paths, "SYSTEM_DIRS", {})
+    assert not is_available("fashion-mnist") and is_available("mnist-embedded")
+    assert choose_dataset("fashion-mnist", "mnist-embedded") == "mnist-embedded"
+    assert choose_dataset("fashion-mnist", "mnist-embedded", download=True) == "fashion-mnist"
+    assert choose_dataset("fashion-mnist", "") == "fashion-mnist"  # no fallback: loading will say how to install
+    quick = PRESETS["quick"]
+    assert used_dataset(quick) == "mnist-embedded"
+    note = data_note(quick)
+    assert "fell back to mnist-embedded" in note and "apt-get install dataset-fashion-mnist" in note
+    with pytest.raises(MissingDataError, match="apt-get install dataset-fashion-mnist"):
+        from bnlab.lab.experiments.kit import load_data
+        load_data(PRESETS["full"])
+    # with the package (here: a fake system folder holding all four files) the same preset uses it
+    system = tmp_path / "sys"
+    write_tree(system, {f: b"" for f in FILES})
+    monkeypatch.setattr(paths, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
+    assert used_dataset(quick) == "fashion-mnist" and "fell back" not in data_note(quick)

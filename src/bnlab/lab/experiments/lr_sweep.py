@@ -6,7 +6,9 @@ is where its better accuracy comes from; at a small learning rate the networks w
 without BN train alike.
 
 Two arms on the same seeds — a 784-100-100-100-10 ReLU MLP without BN (baseline) and with
-``bnlab.BatchNorm1d`` before every ReLU — each trained once per learning rate of the grid
+``bnlab.BatchNorm1d`` before every ReLU, both He-initialized (so that the plain network's
+signal does not vanish at the start: PyTorch's default init would handicap it at small
+rates) — each trained once per learning rate of the grid
 ``lrs`` (plain SGD, no momentum, constant rate, same minibatches). One (arm, seed) is the
 whole sweep. Per seed and learning rate: the test accuracy at the validation-selected step,
 and *divergence*: the loss became non-finite, or training ended no better than chance
@@ -30,6 +32,7 @@ import bnlab
 
 from ..config import check
 from ..engine.train import LoopConfig, fit
+from ..models import kaiming_init
 from ..models.affine_mlp import AffineMLP
 from ..report.figures import legend_below, mean_band, new_figure, save_figure, style
 from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
@@ -45,7 +48,7 @@ class LrSweepConfig(ExperimentConfig, FashionData, LoopConfig):
     lrs: tuple[float, ...] = _f((0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "learning rates, ascending")
     momentum: float = _f(0.0, "SGD momentum (0: the rate alone sets the step size)")
     batch_size: int = _f(60, "minibatch")
-    steps: int = _f(600, "training steps per learning rate")
+    steps: int = _f(500, "training steps per learning rate")
     eval_every: int = _f(100, "evaluate every K steps")
     ckpt_every: int = _f(0, "checkpoint every K steps (0: at the end)")
     min_best_gain: float = _f(0.5, "BN's best accuracy must exceed the plain net's best by this many points")
@@ -119,8 +122,8 @@ class LrSweep(Experiment):
         val, test, div, curves, seconds = [], [], [], [], 0.0
         for lr in cfg.lrs:
             torch.manual_seed(seed)  # the same initial weights at every rate and in both arms
-            model = AffineMLP("relu", norm=None if arm.name == "plain" else bnlab.BatchNorm1d,
-                              in_features=splits.train[0][0].numel())
+            model = kaiming_init(AffineMLP("relu", norm=None if arm.name == "plain" else bnlab.BatchNorm1d,
+                                           in_features=splits.train[0][0].numel()))
             loop = LoopConfig.from_config(cfg, lr=lr, seed=seed)
             res = fit(model, splits.train, splits.test, loop, ctx.out_dir, val=splits.val,
                       tag=f"{ctx.tag(arm, seed)}/lr{_lr_key(lr)}", resume=ctx.resume,

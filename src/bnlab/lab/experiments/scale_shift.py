@@ -63,8 +63,8 @@ class ScaleShiftConfig(ExperimentConfig, FashionData, LoopConfig):
 PRESETS = {
     "tiny": ScaleShiftConfig(seeds=(0, 1), dataset="mnist-embedded", fallback_dataset="", val_size=200,
                              train_limit=600, test_limit=300, steps=20, eval_every=10, probe_size=100),
-    "quick": ScaleShiftConfig(train_limit=12000, val_size=2000, test_limit=2000, steps=1000,
-                              eval_every=200),
+    "quick": ScaleShiftConfig(train_limit=12000, val_size=2000, test_limit=2000, steps=600,
+                              eval_every=150),
     "full": ScaleShiftConfig(fallback_dataset="", steps=10000, eval_every=1000),
     "paper": ScaleShiftConfig(fallback_dataset="", steps=10000, eval_every=1000, seeds=(0, 1, 2, 3, 4)),
 }
