@@ -346,3 +346,27 @@ def test_fit_refuses_a_checkpoint_with_more_steps(tmp_path):
     with pytest.raises(ConfigError, match="more than --steps 10"):
         fit(nn.Linear(4, 2), (x, y), (x, y), dataclasses.replace(cfg, steps=10), tmp_path, val=(x, y), resume=True)
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("writes_done,step", [(0, 1), (1, 1), (2, 2)])
+def test_checkpoint_verifies_whenever_a_save_is_killed(tmp_path, monkeypatch, writes_done, step):
+    """A SIGKILL between writing model.pt and model.pt.sha256 left a checkpoint that could not resume."""
+    import bnlab.lab.runs.checkpoint as ck
+
+    p = tmp_path / "model.pt"
+    save_checkpoint(p, {"step": 1})
+    done = []
+
+    def dies_after(write):
+        def wrapped(path, content):
+            if len(done) == writes_done:
+                raise KeyboardInterrupt  # the process is killed here
+            done.append(path)
+            return write(path, content)
+        return wrapped
+
+    monkeypatch.setattr(ck, "atomic_write_text", dies_after(ck.atomic_write_text))
+    monkeypatch.setattr(ck, "atomic_write_bytes", dies_after(ck.atomic_write_bytes))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(p, {"step": 2})
+    assert load_checkpoint(p)["step"] == step  # the old checkpoint, or the new one: never unverifiable

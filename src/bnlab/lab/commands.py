@@ -72,7 +72,7 @@ def _start(session, out: Path, config: dict[str, Any], resume: bool, extend: boo
         raise ConfigError("--extend continues a run: use it together with --resume")
     if resume:
         check_config_change(out, config, extend=extend, preset=preset)
-    else:
+    elif session.lock is not None:  # the folder's writer (rank 0 under torchrun)
         remove_stale_results(out)
     if session.lock is not None and session.lock.stale_pid is not None:
         print(f"note: {out} had a lock of pid {session.lock.stale_pid}, which is no longer running; taken over")

@@ -97,6 +97,8 @@ class RunSession:
 
     def _discard(self) -> None:
         root = self._created_root
+        if self.lock is None:  # not the writer (a non-zero torchrun rank): rank 0 tidies up
+            return
         if root is not None and discard_failed(root, created=True):
             self.discarded = True
 
