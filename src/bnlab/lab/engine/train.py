@@ -156,7 +156,7 @@ def _save(path: Path, model: nn.Module, opt, st: _State, fingerprint: dict[str, 
 def _eval_record(model: nn.Module, st: _State, lr: float, val: Split | None, test: Split | None,
                  on_eval: EvalHook | None) -> dict[str, Any]:
     rec: dict[str, Any] = {"step": st.step, "lr": lr, "train_loss": st.win_loss / st.win_n,
-                           "train_acc": st.win_correct / st.win_n, "seconds": st.elapsed}
+                           "train_acc": st.win_correct / st.win_n}
     for name, split in (("val", val), ("test", test)):
         if split is not None:
             rec[f"{name}_loss"], rec[f"{name}_acc"] = evaluate(model, *split)
