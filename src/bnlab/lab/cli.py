@@ -54,18 +54,23 @@ def _resume_flags(p: argparse.ArgumentParser) -> None:
                    help="with --resume: train a run for more --steps (the only setting that may change)")
 
 
-def _experiments() -> dict:
-    from .experiments import experiments
+def _experiments(argv: Sequence[str]) -> dict:
+    """The experiments ``bnlab run`` needs: the one named on the command line, else all."""
+    from .experiments import REGISTRY, experiments, get_experiment
 
+    if argv[:1] != ["run"]:
+        return {}
+    if len(argv) > 1 and argv[1] in REGISTRY:  # import only that experiment's module
+        return {argv[1]: get_experiment(argv[1])}
     return experiments()
 
 
-def _add_run(sub, command: str | None) -> None:
+def _add_run(sub, argv: Sequence[str]) -> None:
     """bnlab run EXP: one sub-parser per experiment, flags from its config (only for ``run``)."""
     run = sub.add_parser("run", help="run one experiment",
                          description="Run one experiment with a preset; flags override its fields.")
     run_sub = run.add_subparsers(dest="experiment", metavar="EXP", required=True)
-    for name, exp in (_experiments() if command == "run" else {}).items():
+    for name, exp in _experiments(argv).items():
         ep = run_sub.add_parser(name, help=exp.claim, description=exp.claim)
         ep.add_argument("--preset", choices=sorted(exp.presets), default="quick",
                         help="named settings to start from (default: quick)")
@@ -127,7 +132,7 @@ def _add_tools(sub) -> None:
                    prefix_chars="\0")  # every argument goes to the benchmark's own parser
 
 
-def _build_parser(command: str | None = None) -> _Parser:
+def _build_parser(argv: Sequence[str] = ()) -> _Parser:
     """The parser; experiment modules are imported only for ``run`` (their flags come from them)."""
     p = _Parser(prog="bnlab", description="Batch Normalization lab: reproduce Ioffe & Szegedy (2015) "
                                            "and its successors' claims.",
@@ -136,7 +141,7 @@ def _build_parser(command: str | None = None) -> _Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("list", help="list experiments and their presets",
                    description="List the registered experiments, the claim each tests, and presets.")
-    _add_run(sub, command)
+    _add_run(sub, list(argv))
     _add_reproduce(sub)
     _add_train(sub)
     _add_tools(sub)
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return C.cmd_bench(argv[1:])
         if argv[:1] == ["data"]:
             return C.cmd_data(argv[1:])
-        args = _build_parser(argv[0] if argv else None).parse_args(argv)
+        args = _build_parser(argv).parse_args(argv)
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"bnlab: error: {_flagify(C.one_line(exc))}", file=sys.stderr)
