@@ -126,3 +126,15 @@ def test_failed_experiment_is_not_run_and_leaves_no_folder(tmp_path, capsys, mon
     assert "fig1: not run" in captured.out
     assert not (out / "fig1").exists()  # no folder holding only config.json
     assert "not run" in (out / "results.md").read_text()
+
+
+def test_a_broken_experiment_module_does_not_stop_the_others(tmp_path, capsys, monkeypatch, fig1):
+    import bnlab.lab.experiments as registry
+
+    monkeypatch.setitem(registry.REGISTRY, "broken", "no_such_module_here")
+    out = tmp_path / "rep"
+    assert cli("reproduce", "--preset", "tiny", "--only", "broken", "fig1", "--out", out) == 1
+    captured = capsys.readouterr()
+    assert "broken failed: cannot import experiment broken" in captured.err
+    assert "fig1: " in captured.out and (out / "fig1" / "results.json").is_file()
+    assert "not run" in (out / "results.md").read_text()

@@ -144,28 +144,47 @@ def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
     return outcome
 
 
+def _load_experiments(names: Sequence[str]) -> dict[str, Any]:
+    """name -> experiment, or the exception its module raised on import (reported as not run)."""
+    import types
+
+    from .experiments import get_experiment
+
+    out: dict[str, Any] = {}
+    for name in names:
+        try:
+            out[name] = get_experiment(name)
+        except Exception as exc:  # noqa: BLE001 - a broken module must not stop the other experiments
+            stub = types.SimpleNamespace(name=name, title=name, claim="(its module failed to import)",
+                                         source="", presets={})
+            out[name] = (stub, exc)
+    return out
+
+
 def cmd_reproduce(args) -> int:
-    from .experiments import experiments
+    from .experiments import REGISTRY
     from .report.render import verdict_line
     from .report.reproduce import not_run_record, write_reproduce
     from .runs.session import RunSession
 
-    registry = experiments()
-    names = args.only or list(registry)
-    unknown = [n for n in names if n not in registry]
+    names = args.only or list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise ConfigError(f"--only: unknown experiment(s) {unknown}; choose from {list(registry)}")
-    for name in names:
-        if args.preset not in registry[name].presets:
+        raise ConfigError(f"--only: unknown experiment(s) {unknown}; choose from {list(REGISTRY)}")
+    loaded = _load_experiments(names)
+    for name, exp in loaded.items():
+        if not isinstance(exp, tuple) and args.preset not in exp.presets:
             raise ConfigError(f"--preset {args.preset}: experiment {name} has no such preset; "
-                              f"choose from {sorted(registry[name].presets)}")
+                              f"choose from {sorted(exp.presets)}")
     t0, entries, failed = time.perf_counter(), [], 0
     with RunSession(args.out):
         print(f"bnlab reproduce --preset {args.preset} -> {args.out}/", flush=True)
         for i, name in enumerate(names, 1):
-            exp = registry[name]
+            exp, outcome = loaded[name] if isinstance(loaded[name], tuple) else (loaded[name], None)
             print(f"[{i}/{len(names)}] {name} ({args.preset}): {exp.claim}", flush=True)
             try:
+                if outcome is not None:
+                    raise RuntimeError(f"cannot import experiment {name}: {one_line(outcome)}")
                 outcome = _reproduce_one(exp, args.preset, args.out / name, args)
                 print("    " + verdict_line(outcome), flush=True)
             except (ConfigError, RuntimeError, ValueError, OSError) as exc:
