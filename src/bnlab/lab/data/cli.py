@@ -30,10 +30,17 @@ def _where(name: str, data_dir) -> str:
     return str(folder)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the rest of the CLI's style), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog=prog, description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ls = sub.add_parser("list", help="list the datasets and where their files are read from")
     for cmd, text in (("fetch", "download (if missing) and verify a dataset's official files"),
                       ("download", "same as fetch"),
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None, prog: str = "bnlab data") -> int:
             print(f"{args.name} {split}: {tuple(x.shape)} images, {y.numel()} labels, "
                   f"{torch.bincount(y).numel()} classes: verified")
     except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     if args.name in ("mnist", "fashion-mnist"):
         print(f"read from {_where(args.name, args.data_dir)}")  # data dir or system copy

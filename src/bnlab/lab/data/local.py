@@ -64,12 +64,12 @@ def missing_message(name: str, files: Sequence[str], data_dir: Path) -> str:
     """One line: which files are missing where, and the commands that provide them."""
     folder = data_dir / name
     places = ", ".join(f"{d}{os.sep}" for d in (folder, *system_dirs(name)))
-    fetch = f"--download (or: bnlab data fetch {name} --data-dir {data_dir})"
+    fetch = f"download it with `bnlab data fetch {name} --data-dir {data_dir}` (in a run: --download)"
     package = SYSTEM_PACKAGES.get(name)
     if package:
-        how = f"install it with `apt-get install {package}` (offline, Debian/Ubuntu) or use {fetch}"
+        how = f"install it with `apt-get install {package}` (offline, Debian/Ubuntu) or {fetch}"
     else:
-        how = f"use {fetch}, or put the official files in {folder}{os.sep}"
+        how = f"{fetch}, or put the official files in {folder}{os.sep}"
     return f"dataset {name!r} not found (no {', '.join(files)} in {places}): {how}"
 
 

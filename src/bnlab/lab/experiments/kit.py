@@ -4,42 +4,37 @@
   from Debian's ``dataset-fashion-mnist`` or the data directory), the embedded MNIST digits as
   the fallback where it is not installed, and an optional fixed test subset for short presets;
 - :func:`load_data` / :func:`data_note`: the splits, and the sentence saying which data a run used;
-- :func:`fit_metrics`: the per-seed scalars of one :func:`~bnlab.lab.engine.train.fit` result;
-- :func:`ci_text`: "mean [low, high]" of per-seed values for tables.
+- :func:`fit_metrics` / :func:`series_of`: the per-seed scalars and curves of one
+  :func:`~bnlab.lab.engine.train.fit` result.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ..config import check
+from ..config import check, option
 from ..data.choose import choose_dataset
-from ..report.verdict import mean_ci
 from .framework import DataConfig, Splits, load_splits
 
-__all__ = ["FashionData", "load_data", "data_note", "fit_metrics", "ci_text", "series_of",
+__all__ = ["FashionData", "load_data", "data_note", "used_dataset", "fit_metrics", "series_of",
            "CHANCE_LOSS"]
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 _TEST_SUBSET_SEED = 31415
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class FashionData(DataConfig):
     """Fashion-MNIST first; ``fallback_dataset`` when it is not installed ('' = none: an error)."""
 
-    dataset: str = _f("fashion-mnist", "dataset name (bnlab data list)")
-    fallback_dataset: str = _f("mnist-embedded", "used when `dataset` is not on disk ('' = fail)")
-    val_size: int = _f(5000, "training images held out as the validation split (selects the step)")
-    test_limit: int = _f(0, "evaluate on a fixed random subset of this many test images (0 = all)")
+    dataset: str = option("fashion-mnist", "dataset name (bnlab data list)")
+    fallback_dataset: str = option("mnist-embedded", "used when `dataset` is not on disk ('' = fail)")
+    val_size: int = option(5000, "training images held out as the validation split (selects the step)")
+    test_limit: int = option(0, "evaluate on a fixed random subset of this many test images (0 = all)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,13 +97,3 @@ def series_of(res: dict[str, Any], per: float = 1.0) -> dict[str, list[float]]:
     return {"x": [r["step"] / per for r in hist], "test_acc": [100 * r["test_acc"] for r in hist],
             "val_acc": [100 * r["val_acc"] for r in hist],
             "train_loss": [r["train_loss"] for r in hist]}
-
-
-def ci_text(values: Sequence[float | None], digits: int = 1, unit: str = "") -> str:
-    """``mean [low, high]`` (95% t-interval over seeds); ``—`` without finite values."""
-    ci = mean_ci(values)
-    if ci.n == 0:
-        return "—"
-    if ci.n < 2 or not math.isfinite(ci.low):
-        return f"{ci.estimate:.{digits}f}{unit}"
-    return f"{ci.estimate:.{digits}f}{unit} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"

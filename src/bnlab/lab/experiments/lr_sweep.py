@@ -21,7 +21,6 @@ largest rate that did not diverge), ``small_lr_acc`` (at the smallest rate) and
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,31 +29,28 @@ import torch
 
 import bnlab
 
-from ..config import check
+from ..config import check, option
 from ..engine.train import LoopConfig, fit
 from ..models import kaiming_init
 from ..models.affine_mlp import AffineMLP
 from ..report.figures import legend_below, mean_band, new_figure, save_figure, style
+from ..report.render import ci_text
 from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
-from .kit import FashionData, ci_text, data_note, fit_metrics, load_data
-
-
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
+from .kit import FashionData, data_note, fit_metrics, load_data
 
 
 @dataclass(frozen=True)
 class LrSweepConfig(ExperimentConfig, FashionData, LoopConfig):
-    lrs: tuple[float, ...] = _f((0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "learning rates, ascending")
-    momentum: float = _f(0.0, "SGD momentum (0: the rate alone sets the step size)")
-    batch_size: int = _f(60, "minibatch")
-    steps: int = _f(500, "training steps per learning rate")
-    eval_every: int = _f(100, "evaluate every K steps")
-    ckpt_every: int = _f(0, "checkpoint every K steps (0: at the end)")
-    min_best_gain: float = _f(0.5, "BN's best accuracy must exceed the plain net's best by this many points")
-    min_lr_gain: float = _f(0.4, "BN's largest stable rate must be larger by this many decades (log10)")
-    min_gain_gap: float = _f(1.0, "BN must gain this many more points from raising the rate")
-    small_lr_within: float = _f(2.0, "at the smallest rate the arms must agree to within this many points")
+    lrs: tuple[float, ...] = option((0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "learning rates, ascending")
+    momentum: float = option(0.0, "SGD momentum (0: the rate alone sets the step size)")
+    batch_size: int = option(60, "minibatch")
+    steps: int = option(500, "training steps per learning rate")
+    eval_every: int = option(100, "evaluate every K steps")
+    ckpt_every: int = option(0, "checkpoint every K steps (0: at the end)")
+    min_best_gain: float = option(0.5, "BN's best accuracy must exceed the plain net's best by this many points")
+    min_lr_gain: float = option(0.4, "BN's largest stable rate must be larger by this many decades (log10)")
+    min_gain_gap: float = option(1.0, "BN must gain this many more points from raising the rate")
+    small_lr_within: float = option(2.0, "at the smallest rate the arms must agree to within this many points")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,13 +149,13 @@ class LrSweep(Experiment):
                         color=style(i)["color"], label=f"{results.arms[name].label}: diverged (any seed)")
         ax.axhline(10, color="0.5", linewidth=1, linestyle=":", label="chance (10%)")
         ax.set(xscale="log", xlabel="learning rate (SGD, log scale)", ylabel="test accuracy (%)", ylim=(0, 100),
-               title="BN trains at rates where the plain net diverges, and is best there")
+               title="Claim: BN trains at larger rates; at small rates both train alike")
         legend_below(fig, ncol=2, note=f"mean over {len(cfg.seeds)} seeds, bands: 95% interval; "
                                        "a diverged run counts as chance")
         return [save_figure(fig, out_dir, "lr_sweep.png",
-                            caption="Test accuracy (validation-selected step) at each learning rate. At the "
-                                    "left end the two curves should meet; to the right the plain net "
-                                    "diverges (×) while BN keeps training and peaks.")]
+                            caption="Test accuracy (validation-selected step) at each learning rate; × marks "
+                                    "rates where a run diverged. The claim predicts the two curves meet at the "
+                                    "left end, and only BN trains at the right end.")]
 
     def tables(self, cfg, results: Results):
         rows = []
@@ -184,6 +180,16 @@ class LrSweep(Experiment):
                 {"caption": "Per seed, the rate the validation split picks and the largest rate that trains",
                  "header": ["network", "best test acc. %", "validation-picked lr", "largest stable lr"],
                  "rows": summary}]
+
+    def notes(self, cfg, results: Results):
+        out = []
+        for name in results.arms:
+            runs = results.runs[name]
+            first = next((lr for j, lr in enumerate(cfg.lrs) if any(r.series["diverged"][j] for r in runs)), None)
+            label = results.arms[name].label
+            out.append(f"{label}: no run diverged on the grid (up to lr {cfg.lrs[-1]:g})." if first is None else
+                       f"{label}: first divergence at lr {first:g}.")
+        return out
 
     def published(self):
         return [{"caption": "Bjorck et al. (2018), ResNet-110 on CIFAR-10 (their findings, in words)",

@@ -26,38 +26,36 @@ Parts of the claim, checked separately:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..config import option
 from ..engine.train import LoopConfig, fit
 from ..models.affine_mlp import AffineMLP
 from ..report.figures import legend_below, mean_band, new_figure, save_figure, style
+from ..report.render import ci_text
+from ..report.verdict import mean_ci
 from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
-from .kit import FashionData, ci_text, data_note, fit_metrics, load_data, series_of
+from .kit import FashionData, data_note, fit_metrics, load_data, series_of
 
 BAND = 1.0  # |z| <= 1: the sigmoid's near-linear band
 _MODES = {"affine": "γ and β", "beta": "β only", "none": "no γ, β"}
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class ScaleShiftConfig(ExperimentConfig, FashionData, LoopConfig):
-    lr: float = _f(0.1, "SGD learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    batch_size: int = _f(60, "minibatch")
-    steps: int = _f(3000, "training steps")
-    eval_every: int = _f(250, "evaluate (and probe the band) every K steps")
-    ckpt_every: int = _f(0, "checkpoint every K steps (0: at the end)")
-    probe_size: int = _f(500, "training images in the fixed probe batch")
-    min_acc_gain: float = _f(0.3, "sigmoid: γ, β must add this many accuracy points")
-    min_band_drop: float = _f(5.0, "sigmoid: γ, β must lower the in-band percentage by this many points")
-    relu_within: float = _f(1.0, "ReLU: γ, β and β-only must agree to within this many points")
+    lr: float = option(0.1, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    batch_size: int = option(60, "minibatch")
+    steps: int = option(3000, "training steps")
+    eval_every: int = option(250, "evaluate (and probe the band) every K steps")
+    ckpt_every: int = option(0, "checkpoint every K steps (0: at the end)")
+    probe_size: int = option(500, "training images in the fixed probe batch")
+    min_acc_gain: float = option(0.3, "sigmoid: γ, β must add this many accuracy points")
+    min_band_drop: float = option(5.0, "sigmoid: γ, β must lower the in-band percentage by this many points")
+    relu_within: float = option(1.0, "ReLU: γ, β and β-only must agree to within this many points")
 
 
 PRESETS = {
@@ -151,6 +149,11 @@ class ScaleShift(Experiment):
                  "header": ["network", "test acc. %", "in band %", "γ mean", "γ std", "β mean", "β std"],
                  "rows": rows}]
 
+    def notes(self, cfg, results: Results):
+        band = {n: mean_ci(results.values(n, "band")).estimate for n in results.arms}
+        return [f"Sigmoid inputs in the near-linear band at the end: {band['sigmoid-none']:.1f}% without γ, β; "
+                f"{band['sigmoid-affine']:.1f}% with γ and β; {band['sigmoid-beta']:.1f}% with β only."]
+
     def published(self):
         return [{"caption": "Ioffe & Szegedy (2015), Section 3 (a design argument; no numbers are given)",
                  "header": ["statement"],
@@ -171,14 +174,15 @@ def _band_figure(cfg, results: Results, out_dir: Path):
             mean_band(ax, runs[0].series["x"], [r.series["band"] for r in runs], results.arms[name].label,
                       3 * col + i)
         ax.axhline(68.3, color="0.4", linewidth=1, linestyle=":", label="N(0, 1) input: 68.3% in band")
-        ax.set(xlabel="training step", ylabel=f"pre-activations with |z| <= {BAND:g} (%)", ylim=(0, 100),
-               title=f"{act} network")
+        ax.set(xlabel="training step", ylabel=f"pre-activations with |z| <= {BAND:g} (%)",
+               title="sigmoid network" if act == "sigmoid" else "ReLU network (same band, for comparison)")
     fig.suptitle("Without γ, β the nonlinearity's inputs stay in the sigmoid's near-linear band")
     legend_below(fig, ncol=4, note=f"mean over {len(cfg.seeds)} seeds, bands: 95% interval")
     return save_figure(fig, out_dir, "scale_shift_band.png",
-                       caption="Share of hidden pre-activations inside the sigmoid's near-linear band over "
-                               "training. With γ and β (and β alone) the share falls as units move out of the "
-                               "band; with neither it stays near the 68% of a unit Gaussian.")
+                       caption="Share of hidden pre-activations inside the sigmoid's near-linear band |z| <= 1 "
+                               "over training (probe batch, eval mode). The paper's argument predicts a lower share "
+                               "where γ and β are learned than where neither is; the dotted line is a unit "
+                               "Gaussian's 68.3%.")
 
 
 def _affine_figure(results: Results, out_dir: Path):
@@ -195,11 +199,12 @@ def _affine_figure(results: Results, out_dir: Path):
                     linestyle=style(i)["linestyle"], label=results.arms[name].label)
         ax.set(xlabel="learned γ (scale)" if key == "gamma" else "learned β (shift)",
                ylabel="hidden units (all seeds)", title=f"distribution of learned {'γ' if key == 'gamma' else 'β'}")
-    fig.suptitle("What BN learns after normalizing: γ grows and β spreads where the nonlinearity needs it")
+    fig.suptitle("What BN learns after normalizing: the scale γ and shift β of every hidden unit")
     legend_below(fig, ncol=4)
     return save_figure(fig, out_dir, "scale_shift_affine.png",
-                       caption="Histograms of the learned γ and β of every hidden unit (all seeds pooled). "
-                               "γ = 1, β = 0 would mean BN's normalization is kept as is.")
+                       caption="Histograms of the learned γ and β of every hidden unit (all layers and seeds "
+                               "pooled). γ = 1, β = 0 keeps BN's normalization as is; γ > 1 or |β| > 0 moves a "
+                               "sigmoid's inputs away from its linear middle.")
 
 
 EXPERIMENT = ScaleShift()
