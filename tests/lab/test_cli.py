@@ -15,6 +15,7 @@ import types
 import pytest
 
 import bnlab
+from bnlab.lab import cli as cli_module
 from bnlab.lab import commands
 from bnlab.lab.cli import main
 from bnlab.lab.commands import default_threads
@@ -209,3 +210,16 @@ def test_tensorboard_events_when_installed(tmp_path):
     got = [(e.step, e.value) for e in acc.Scalars("test_acc")]
     assert [s for s, _ in got] == [s for s, _ in want]
     assert all(abs(a - b) < 1e-6 for (_, a), (_, b) in zip(got, want))
+
+
+def test_a_bug_is_one_line_unless_debugging(monkeypatch, capsys):
+    def bug(args):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setitem(cli_module._COMMANDS, "list", bug)
+    assert cli("list") == 1
+    err = one_line(capsys)
+    assert "internal error: TypeError: unsupported operand" in err and "BNLAB_DEBUG=1" in err
+    monkeypatch.setenv("BNLAB_DEBUG", "1")
+    with pytest.raises(TypeError):
+        cli("list")

@@ -6,7 +6,8 @@ which calls importable functions (:func:`~bnlab.lab.experiments.run_experiment`,
 :func:`~bnlab.lab.engine.train_job.run_training`, :func:`~bnlab.lab.compare.compare_runs`).
 
 Errors are one line ``bnlab: error: ...`` on stderr naming the flag or path and what to
-do, never a traceback. Exit status: 0 success; 2 the command line cannot work (unknown
+do, never a traceback (an unexpected exception, a bug, is one ``bnlab: internal error`` line;
+``BNLAB_DEBUG=1`` shows its traceback). Exit status: 0 success; 2 the command line cannot work (unknown
 names, bad values, an unusable ``--out``, a ``--resume`` with other settings); 1 the
 work started and failed (data, disk, lock, corrupt files, a run that diverged);
 130 interrupted.
@@ -14,6 +15,7 @@ work started and failed (data, disk, lock, corrupt files, a run that diverged);
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -177,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bnlab: interrupted (checkpoints kept: rerun with --resume to continue)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
+        if os.environ.get("BNLAB_DEBUG"):
+            raise
+        print(f"bnlab: internal error: {type(exc).__name__}: {C.one_line(exc)} (a bug in bnlab; "
+              "set BNLAB_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
