@@ -219,5 +219,9 @@ def test_small_cnn_layers_and_readable_names():
     model = small_cnn(None, widths=(4, 8), hidden=16, in_shape=(3, 32, 32), num_classes=7)
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 7)
     assert list(layer_labels(model).values()) == ["conv 1", "conv 2", "fc 1", "fc 2"]
+    everywhere = small_cnn(bnlab.BatchNorm2d, widths=(4, 8), hidden=16, fc_norm=bnlab.BatchNorm1d)
+    assert [type(m).__name__ for m in everywhere if "Norm" in type(m).__name__] == [
+        "BatchNorm2d", "BatchNorm2d", "BatchNorm1d"]                     # opt-in BN on (N, hidden)
+    assert everywhere[9].bias is None                                      # the FC before it drops its bias
     with pytest.raises(ValueError, match="activation"):
         small_cnn(None, activation="tanh")

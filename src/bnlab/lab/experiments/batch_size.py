@@ -8,7 +8,8 @@ batches and is claimed to generalize better than BN on the whole batch.
 
 A small CNN is trained for a fixed number of epochs at each batch size, the learning rate
 scaled linearly with the batch (Goyal et al. 2017). Where the norm sits: after each of the
-two convolutions, on (N, C, H, W) feature maps; the hidden FC layer has none (a BN over its
+three convolutions, on (N, C, H, W) feature maps of 28×28, 14×14 and 7×7 (ResNet-50's last
+stage is 7×7 too); the hidden FC layer has none (a BN over its
 (N, 64, 1, 1) features would map a batch of two to ±γ whatever the input). Each final network
 is evaluated in eval mode (moving averages, the checks), in train mode (each test batch of
 the training batch size normalized with its own statistics) and after
@@ -17,7 +18,6 @@ the training batch size normalized with its own statistics) and after
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,12 +25,13 @@ import bnlab
 import torch
 from torch import nn
 
-from ..config import check
+from ..config import check, option
 from ..data import BatchLoader
 from ..engine.train import LoopConfig, evaluate, fit
 from ..measure import bn_layers
 from ..models import small_cnn
 from ..report.figures import legend_below, new_figure, save_figure, style
+from ..report.render import ci_text
 from .framework import Arm, Check, DataConfig, Experiment, ExperimentConfig, load_splits, seed_result
 from .inference import batch_stat_accuracy
 
@@ -42,23 +43,20 @@ MODES = {"eval": "eval mode (moving averages)", "train": "train mode (test-batch
 PUBLISHED = (["BN", "23.6", "24.8", "27.3", "34.7"], ["GN", "24.1", "—", "—", "24.1"])
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class BatchSizeConfig(ExperimentConfig, DataConfig):
-    batch_sizes: tuple[int, ...] = _f((2, 8, 32), "BN's batch sizes (the smallest and 32 are the checks')")
-    large_batch: int = _f(32, "the large batch of the Ghost BN check (ghost batches of large_batch / ghost_ratio)")
-    ghost_ratio: int = _f(4, "ghost batches per batch (ghost size = batch / ratio, always below the batch)")
-    epochs: int = _f(1, "epochs at every batch size")
-    lr_at_32: float = _f(0.05, "lr = lr_at_32 · B / 32 (linear scaling)")
-    momentum: float = _f(0.9, "SGD momentum")
-    recal_batches: int = _f(30, "batches of 32 training images for recalibrate")
-    widths: tuple[int, ...] = _f((4, 8), "channels of the two conv layers (a norm after each)")
-    hidden: int = _f(32, "hidden FC width (no norm)")
-    small_effect: float = _f(2.0, "checks at the small batch: differences beyond this (points)")
-    ghost_effect: float = _f(0.5, "Ghost BN beats BN at the large batch by more than this (points)")
+    batch_sizes: tuple[int, ...] = option((2, 8, 32), "BN's batch sizes (the smallest and 32 are the checks')")
+    large_batch: int = option(32, "the large batch of the Ghost BN check (ghost batches of large_batch / ghost_ratio)")
+    ghost_ratio: int = option(4, "ghost batches per batch (ghost size = batch / ratio, always below the batch)")
+    epochs: int = option(1, "epochs at every batch size")
+    lr_at_32: float = option(0.05, "lr = lr_at_32 · B / 32 (linear scaling)")
+    momentum: float = option(0.9, "SGD momentum")
+    recal_batches: int = option(30, "batches of 32 training images for recalibrate")
+    widths: tuple[int, ...] = option((4, 8, 16), "channels of the conv layers (a norm after each; the last normalized "
+                                             "maps are 7×7, 98 values per channel in a batch of 2, as ResNet-50's)")
+    hidden: int = option(32, "hidden FC width (no norm)")
+    small_effect: float = option(2.0, "checks at the small batch: differences beyond this (points)")
+    ghost_effect: float = option(0.5, "Ghost BN beats BN at the large batch by more than this (points)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,9 +72,9 @@ PRESETS = {
     "tiny": BatchSizeConfig(batch_sizes=(4, 32), large_batch=32, train_limit=128, val_size=100, seeds=(0, 1),
                             recal_batches=2),
     "full": BatchSizeConfig(dataset="fashion-mnist", val_size=5000, train_limit=20000, batch_sizes=(2, 4, 8, 16, 32),
-                            large_batch=128, epochs=2, widths=(16, 32), hidden=128, recal_batches=100),
+                            large_batch=128, epochs=2, widths=(16, 32, 64), hidden=128, recal_batches=100),
     # GN paper protocol is ResNet-50/ImageNet; stand-in: CIFAR-10, 10 epochs, five seeds
-    "paper": BatchSizeConfig(dataset="cifar10", val_size=5000, epochs=10, widths=(32, 64), hidden=256,
+    "paper": BatchSizeConfig(dataset="cifar10", val_size=5000, epochs=10, widths=(32, 64, 128), hidden=256,
                              batch_sizes=(2, 4, 8, 16, 32), large_batch=256, seeds=(0, 1, 2, 3, 4),
                              recal_batches=200),
 }
@@ -188,7 +186,8 @@ class BatchSize(Experiment):
                 xs = [b * (1 + 0.06 * (i - 2)) for b, _ in members]        # small offsets: no marker hides another
                 ys = [_mean(results.values(name, f"test_acc_{mode}")) for _, name in members]
                 ax.plot(xs, [100 - y for y in ys], color=st["color"], linestyle=st["linestyle"],
-                        marker=st["marker"], markersize=7 if norm == "batch" else 6, label=LABELS[norm],
+                        marker=st["marker"], markersize=7 if norm == "batch" else 6,
+                        label=LABELS[norm] + (f" (ghost {cfg.large_batch // cfg.ghost_ratio})" if norm == "ghost" else ""),
                         markerfacecolor="none" if norm == "ghost" else st["color"])
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({a.params["batch"] for a in results.arms.values()}),
@@ -196,8 +195,8 @@ class BatchSize(Experiment):
             ax.set(xlabel="images per batch", title=mode_label)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test error (%)")
-        fig.suptitle(f"Do small batches hurt BN but not GroupNorm/LayerNorm? (Wu & He Fig. 1); {cfg.epochs} epoch(s) "
-                     "at every batch size")
+        fig.suptitle(f"Do small batches hurt BN but not GroupNorm/LayerNorm? (Wu & He Fig. 1); {cfg.epochs} "
+                     f"epoch{'s' if cfg.epochs > 1 else ''} at every batch size")
         legend_below(fig, ncol=5, note=f"mean over seeds {list(cfg.seeds)}; a norm after each conv, none on the FC layer")
         return (save_figure(fig, out_dir, "batch_size.png",
                             "Test error against the batch size, for the three ways of choosing BN's statistics at "
@@ -205,12 +204,10 @@ class BatchSize(Experiment):
                             "and LayerNorm use no batch statistics, so their three panels agree."),)
 
     def tables(self, cfg, results):
-        rows = []
-        for name, arm in results.arms.items():
-            rows.append([arm.label, *(" / ".join(_fmt(v) for v in results.values(name, f"test_acc_{m}"))
-                                      for m in MODES)])
-        return ({"caption": f"test accuracy % per seed ({list(cfg.seeds)}) after {cfg.epochs} epoch(s); "
-                            "norm after each conv layer only",
+        rows = [[arm.label, *(ci_text(results.values(name, f"test_acc_{m}")) for m in MODES)]
+                for name, arm in results.arms.items()]
+        return ({"caption": f"test accuracy %, mean [95% interval] over seeds {list(cfg.seeds)}, after {cfg.epochs} "
+                            "epoch(s); a norm after each conv layer only",
                  "header": ["norm, batch", *MODES.values()], "rows": rows},)
 
     def published(self):
@@ -219,7 +216,9 @@ class BatchSize(Experiment):
 
     def deviations(self, cfg):
         return ("A small CNN on the configured dataset for a fixed number of epochs instead of ResNet-50 on ImageNet; "
-                "the norm sits after each of the two convolutions only (never on the 1×1 FC features).",
+                "the norm sits after each convolution only (never on the 1×1 FC features). Three conv stages so that "
+                "the last normalized maps are small (7×7): BN's batch statistics are noisy only where a channel has "
+                "few values per batch, as in a deep network's last stage (7×7 here and in ResNet-50).",
                 "One process: the batch is the per-GPU batch of the paper; lr scaled linearly from batch 32.",
                 f"Ghost BN at batch {cfg.large_batch} with ghost batches of {cfg.large_batch // cfg.ghost_ratio} (a "
                 "quarter of the batch, so it differs from BN); Hoffer et al. test much larger batches.",
@@ -232,10 +231,6 @@ class BatchSize(Experiment):
 def _mean(values) -> float:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else math.nan
-
-
-def _fmt(v) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{v:.1f}"
 
 
 EXPERIMENT = BatchSize()

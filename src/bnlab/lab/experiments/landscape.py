@@ -14,17 +14,15 @@ so a check's difference is ``log10(BN / no-BN)``, paired by seed.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
 import bnlab
 import torch
 from torch.nn import functional as F
 
-from ..config import check
+from ..config import check, option
 from ..data import BatchLoader
 from ..engine.train import LoopConfig, fit
 from ..measure import loss_closure, named_params, probe_along_gradient
@@ -39,19 +37,15 @@ QUANTITIES = {  # metric -> (what, unit of the probe value)
 }
 
 
-def _f(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class LandscapeConfig(ExperimentConfig, DataConfig):
-    steps: int = _f(250, "training steps (plain SGD)")
-    batch_size: int = _f(64, "minibatch size")
-    lr: float = _f(0.1, "learning rate; probe step sizes are multiples of it")
-    probe_every: int = _f(50, "probe every K steps")
-    multipliers: tuple[float, ...] = _f((0.5, 1.0, 2.0, 4.0), "probe step sizes η / lr")
-    widths: tuple[int, ...] = _f((8, 16), "channels per VGG stage (two 3×3 convs each)")
-    min_effect_log10: float = _f(0.3, "minimum effect of every check: log10(BN / no-BN) below −this "
+    steps: int = option(250, "training steps (plain SGD)")
+    batch_size: int = option(64, "minibatch size")
+    lr: float = option(0.1, "learning rate; probe step sizes are multiples of it")
+    probe_every: int = option(50, "probe every K steps")
+    multipliers: tuple[float, ...] = option((0.5, 1.0, 2.0, 4.0), "probe step sizes η / lr")
+    widths: tuple[int, ...] = option((8, 16), "channels per VGG stage (two 3×3 convs each)")
+    min_effect_log10: float = option(0.3, "minimum effect of every check: log10(BN / no-BN) below −this "
                                       "(0.3: BN at least 2× smaller, the paper's 'much smaller')")
 
     def __post_init__(self) -> None:

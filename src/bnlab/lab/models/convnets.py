@@ -83,15 +83,16 @@ class SmallVGG(nn.Module):
 
 def small_cnn(norm_layer: NormFactory | None, activation: str = "relu", dropout: float = 0.0,
               widths: Sequence[int] = (16, 32), hidden: int = 64, in_shape: Sequence[int] = (1, 28, 28),
-              num_classes: int = 10) -> nn.Sequential:
-    """(Conv5×5 → norm → act → max-pool 2) per width → FC → act → dropout → FC.
+              num_classes: int = 10, fc_norm: NormFactory | None = None) -> nn.Sequential:
+    """(Conv5×5 → norm → act → max-pool 2) per width → FC → [fc_norm] → act → dropout → FC.
 
-    Where the norm sits: after every convolution, on (N, C, H, W) feature maps, and nowhere
-    else. The hidden FC layer has no norm: its features are (N, hidden) — as a 2-D norm on
-    (N, hidden, 1, 1) they would be normalized over the batch alone, which at batch 2 maps
-    every unit's two values to ±γ (whatever the input), and a per-sample norm (GroupNorm,
-    LayerNorm) would normalize a handful of values. Convolutions have no bias when a norm
-    follows (β takes its place, paper Sec. 3.2); the hidden FC layer keeps its bias.
+    Where the norm sits: after every convolution, on (N, C, H, W) feature maps; the hidden FC
+    layer gets one only when ``fc_norm`` is given (a 1-D norm over its (N, hidden) output, e.g.
+    ``bnlab.BatchNorm1d`` for "BN everywhere" at a batch of tens). By default it has none: its
+    features normalized over the batch alone map, at batch 2, every unit's two values to ±γ
+    (whatever the input), and a per-sample norm (GroupNorm, LayerNorm) would normalize a
+    handful of values. A conv or linear layer has no bias when a norm follows (β takes its
+    place, paper Sec. 3.2).
 
     Shape: ``(N, C, H, W) → (N, num_classes)``; H, W divisible by ``2 ** len(widths)``.
     """
@@ -106,7 +107,10 @@ def small_cnn(norm_layer: NormFactory | None, activation: str = "relu", dropout:
             layers.append(norm_layer(width))
         layers += [act(), nn.MaxPool2d(2)]
         c, h, w = width, h // 2, w // 2                                            # (N, width, h/2, w/2)
-    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), act()]                  # (N, hidden)
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden, bias=fc_norm is None)]   # (N, hidden)
+    if fc_norm is not None:
+        layers.append(fc_norm(hidden))
+    layers.append(act())
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(hidden, num_classes))                                  # (N, num_classes)
