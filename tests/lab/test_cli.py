@@ -153,6 +153,12 @@ def test_build_calls_the_kernel_builder_or_says_it_is_absent(monkeypatch, capsys
     monkeypatch.setattr(kernels, "build", lambda verbose=False: seen.append(verbose) or "built: /cache/x.so",
                         raising=False)
     assert cli("build") == 0 and seen == [True] and "built: /cache/x.so" in capsys.readouterr().out
+    def no_compiler(verbose=False):
+        raise RuntimeError("bnlab: cannot build the C++ kernels: g++ not found")
+
+    monkeypatch.setattr(kernels, "build", no_compiler)
+    assert cli("build") == 1
+    assert one_line(capsys) == "bnlab: error: cannot build the C++ kernels: g++ not found"
     monkeypatch.delattr(kernels, "build")
     assert cli("build") == 1
     assert "no build step" in one_line(capsys)

@@ -326,5 +326,5 @@ def one_line(exc: BaseException) -> str:
         return f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, KeyError) and exc.args:
         return f"missing entry {exc.args[0]!r}"
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()).removeprefix("bnlab: ") or type(exc).__name__
     return text if len(text) <= 400 else text[:397] + "..."
