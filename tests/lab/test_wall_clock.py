@@ -26,11 +26,13 @@ def test_interleaved_timing_times_every_arm(monkeypatch):
     monkeypatch.setattr(wall_clock.BatchLoader, "batch", spy)
     cfg = dataclasses.replace(PRESETS["tiny"], timing_rounds=3, timing_steps=4)
     train = (torch.rand(200, 1, 28, 28), torch.randint(0, 10, (200,)))
-    ms = interleaved_step_ms(cfg, 0, train, ["plain", "bnlab", "torch"])
-    assert set(ms) == {"plain", "bnlab", "torch"} and all(v > 0 for v in ms.values())
-    # 5 warm-up steps per arm, then 3 rounds x 3 arms x 4 steps: every arm sees the same batches
-    assert len(calls) == 3 * 5 + 3 * 3 * 4
-    assert calls[:15] == [0, 1, 2, 3, 4] * 3
+    nets = [("plain", 0), ("bnlab", 0), ("torch", 0), ("plain", 1000)]
+    ms = interleaved_step_ms(cfg, 0, train, nets)
+    assert set(ms) == set(nets) and all(v > 0 for v in ms.values())
+    # 5 warm-up steps per network, then 3 rounds x 4 networks x 4 steps: all see the same batches
+    assert len(calls) == 4 * 5 + 3 * 4 * 4
+    assert calls[:20] == [0, 1, 2, 3, 4] * 4
+    assert calls[20:36] == [5, 6, 7, 8] * 4
 
 
 def test_unreached_target_is_censored_at_the_last_step(tmp_path):
@@ -43,6 +45,27 @@ def test_unreached_target_is_censored_at_the_last_step(tmp_path):
         assert ps["reached"] == [0.0, 0.0] and ps["steps_to_target"] == [float(cfg.steps)] * 2
         for n, ms, sec in zip(ps["steps_to_target"], ps["step_ms"], ps["sec_to_target"]):
             assert sec == pytest.approx(n * ms / 1000)
+
+
+def test_control_stand_ins_are_timed_with_their_baseline(tmp_path, monkeypatch):
+    from bnlab.lab.experiments import wall_clock
+
+    sessions = []
+    real = wall_clock.interleaved_step_ms
+
+    def spy(cfg, seed, train, nets):
+        sessions.append((seed, list(nets)))
+        return real(cfg, seed, train, nets)
+
+    monkeypatch.setattr(wall_clock, "interleaved_step_ms", spy)
+    exp = get_experiment("wall-clock")
+    cfg = dataclasses.replace(PRESETS["tiny"], timing_rounds=1, timing_steps=2)
+    run_experiment(exp, cfg, tmp_path, preset="tiny", with_control=True)
+    # one session per seed, shared by the run and its control; the control's plain stand-ins in it
+    assert [s for s, _ in sessions] == list(cfg.seeds)
+    for seed, nets in sessions:
+        assert nets == [("plain", seed), ("bnlab", seed), ("torch", seed), ("plain", seed + 1000),
+                        ("plain", seed + 2000)]
 
 
 def test_tiny_run(tmp_path):

@@ -168,7 +168,7 @@ class D2LLeNet(Experiment):
 
     def deviations(self, cfg):
         out = [data_note(cfg),
-               "The validation split is held out from the 60,000 training images (d2l trains on all "
+               "The validation split is held out from the training images (d2l trains on all "
                "60,000); each epoch drops its last partial batch, so every BN batch has the full size."]
         if cfg.epochs != 10 or cfg.batch_size != 256 or cfg.lr != 1.0:
             out.append(f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} instead of d2l's "

@@ -10,7 +10,10 @@ Per seed:
 - ``step_ms``: the median time of one training step (forward, backward, SGD update). It is
   measured *interleaved*: for each seed, freshly built networks of all arms take turns,
   ``timing_rounds`` rounds of ``timing_steps`` steps each, in an order that rotates every
-  round, so machine load hits every arm alike; the median over rounds resists outliers;
+  round, so machine load hits every arm alike; the median over rounds resists outliers. The
+  networks a negative control trains in the treatments' place (the baseline network on seed
+  + 1000·k) are timed in the same session, so a control compares times measured side by side
+  too (timed apart, load changes between sessions would pass for an effect);
 - ``steps_to_target``: the first evaluated step whose validation accuracy reaches
   ``target_acc`` (a run that never does is *censored* at its last step, a lower bound, which
   only understates BN's advantage);
@@ -38,7 +41,8 @@ from ..engine.train import LoopConfig, fit, steps_to_reach
 from ..models import MnistMLP, norm_factory
 from ..report.figures import legend_below, mean_band, new_figure, save_figure, style
 from ..report.render import ci_text
-from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
+from .framework import (CONTROL_SEED_OFFSET, Arm, Check, Context, Experiment, ExperimentConfig, Results,
+                        SeedResult)
 from .kit import FashionData, data_note, fit_metrics, load_data, series_of
 
 _NORM = {"plain": None, "bnlab": "batch", "torch": "torch"}
@@ -78,30 +82,32 @@ def _model(arm: str, seed: int, cfg: WallClockConfig, in_features: int) -> Mnist
     return MnistMLP(norm_factory(_NORM[arm], 1), in_features=in_features, init_std=cfg.init_std)
 
 
-def interleaved_step_ms(cfg: WallClockConfig, seed: int, train, arms: list[str]) -> dict[str, float]:
-    """Median ms per training step of each arm, timed in rotating interleaved rounds."""
+def interleaved_step_ms(cfg: WallClockConfig, seed: int, train, nets: list[tuple[str, int]]
+                        ) -> dict[tuple[str, int], float]:
+    """Median ms per training step of each ``(arm, init seed)`` network, timed in one session of
+    rotating interleaved rounds on the same minibatches (those of ``seed``)."""
     loader = BatchLoader(*train, batch_size=cfg.batch_size, seed=seed)
-    nets = {a: _model(a, seed, cfg, train[0][0].numel()) for a in arms}
-    opts = {a: make_optimizer(m.parameters(), "sgd", cfg.lr, cfg.momentum, 0.0) for a, m in nets.items()}
+    models = {key: _model(key[0], key[1], cfg, train[0][0].numel()) for key in nets}
+    opts = {key: make_optimizer(m.parameters(), "sgd", cfg.lr, cfg.momentum, 0.0) for key, m in models.items()}
 
-    def steps(arm: str, start: int, n: int) -> float:
+    def steps(key: tuple[str, int], start: int, n: int) -> float:
         t0 = time.perf_counter()
         for k in range(start, start + n):
             xb, yb = loader.batch(k)
-            loss = F.cross_entropy(nets[arm](xb), yb)
-            opts[arm].zero_grad(set_to_none=True)
+            loss = F.cross_entropy(models[key](xb), yb)
+            opts[key].zero_grad(set_to_none=True)
             loss.backward()
-            opts[arm].step()
+            opts[key].step()
         return (time.perf_counter() - t0) / n
 
-    for a in arms:
-        steps(a, 0, 5)  # warm-up: first calls allocate and dispatch
-    times: dict[str, list[float]] = {a: [] for a in arms}
+    for key in nets:
+        steps(key, 0, 5)  # warm-up: first calls allocate and dispatch
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in nets}
     for r in range(cfg.timing_rounds):
-        order = arms[r % len(arms):] + arms[:r % len(arms)]
-        for a in order:
-            times[a].append(steps(a, 5 + r * cfg.timing_steps, cfg.timing_steps))
-    return {a: 1000 * statistics.median(t) for a, t in times.items()}
+        order = nets[r % len(nets):] + nets[:r % len(nets)]
+        for key in order:
+            times[key].append(steps(key, 5 + r * cfg.timing_steps, cfg.timing_steps))
+    return {key: 1000 * statistics.median(t) for key, t in times.items()}
 
 
 class WallClock(Experiment):
@@ -140,15 +146,18 @@ class WallClock(Experiment):
 
     def train(self, cfg, arm: Arm, seed: int, ctx: Context) -> SeedResult:
         splits, timing = ctx.data
-        if seed not in timing:
-            timing[seed] = interleaved_step_ms(cfg, seed, splits.train, [a.name for a in self.arms(cfg)])
+        base = seed % CONTROL_SEED_OFFSET  # a control's stand-in networks are timed with their baseline
+        if base not in timing:
+            arms = [a.name for a in self.arms(cfg)]
+            stand_ins = [("plain", base + k * CONTROL_SEED_OFFSET) for k in range(1, len(arms))]
+            timing[base] = interleaved_step_ms(cfg, base, splits.train, [(a, base) for a in arms] + stand_ins)
         model = _model(arm.name, seed, cfg, splits.train[0][0].numel())
         res = fit(model, splits.train, splits.test, LoopConfig.from_config(cfg, seed=seed), ctx.out_dir,
                   val=splits.val, tag=ctx.tag(arm, seed), resume=ctx.resume,
                   desc=f"wall-clock {arm.name} s{seed}", meta={"experiment": self.name, "arm": arm.name})
         metrics = fit_metrics(res)
         reached = steps_to_reach(res["history"], cfg.target_acc / 100)
-        step_ms = timing[seed][arm.name]
+        step_ms = timing[base][(arm.name, seed)]
         n = float(reached) if reached is not None else float(res["steps"])  # censored: a lower bound
         metrics.update(step_ms=step_ms, steps_to_target=n, sec_to_target=n * step_ms / 1000,
                        reached=float(reached is not None), wall_s=res["seconds"])
