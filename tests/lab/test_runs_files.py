@@ -242,8 +242,6 @@ def test_second_writer_is_refused_and_lock_released(tmp_path):
         with pytest.raises(RunLockedError, match=rf"pid {os.getpid()}") as info:
             RunLock(tmp_path / "run").acquire()
         assert "--out" in str(info.value)
-        with pytest.raises(RunLockedError):  # a run inside the locked folder, too
-            RunLock(tmp_path / "run" / "fig1").acquire()
         assert first.stale_pid is None
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     with RunLock(tmp_path / "run"):
@@ -266,6 +264,8 @@ def test_lock_held_by_another_process_is_seen(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=rf"pid {holder.pid}"):
             RunLock(tmp_path).acquire()
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}"):  # a run inside its folder, too
+            RunLock(tmp_path / "fig1").acquire()
     finally:
         holder.kill()
         holder.wait()
@@ -370,3 +370,10 @@ def test_checkpoint_verifies_whenever_a_save_is_killed(tmp_path, monkeypatch, wr
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(p, {"step": 2})
     assert load_checkpoint(p)["step"] == step  # the old checkpoint, or the new one: never unverifiable
+
+
+def test_a_process_may_lock_a_folder_inside_its_own_locked_folder(tmp_path):
+    with RunLock(tmp_path / "rep"):
+        with RunLock(tmp_path / "rep" / "fig1"):  # reproduce locks each experiment's folder too
+            with pytest.raises(RunLockedError):
+                RunLock(tmp_path / "rep" / "fig1").acquire()

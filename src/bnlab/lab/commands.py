@@ -121,6 +121,7 @@ def _with_threads(cfg, requested: int | None = None):
 def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
     from .experiments import run_experiment
     from .runs.identity import run_identity
+    from .runs.lock import RunLock
     from .runs.resume import finished_results, same_config
     from .runs.session import discard_failed, remove_stale_results
 
@@ -133,10 +134,11 @@ def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
         return outcome
     created = not run_dir.exists()
     resume = not args.force and (args.resume or same_config(run_dir, identity))
-    if not resume:
-        remove_stale_results(run_dir)
     try:
-        outcome = run_experiment(exp, cfg, run_dir, preset=preset, resume=resume, with_control=True)
+        with RunLock(run_dir):  # a `bnlab run EXP --out` of this folder may be writing it
+            if not resume:
+                remove_stale_results(run_dir)
+            outcome = run_experiment(exp, cfg, run_dir, preset=preset, resume=resume, with_control=True)
     except BaseException:
         discard_failed(run_dir, created)
         raise

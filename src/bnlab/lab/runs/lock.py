@@ -3,7 +3,7 @@
 :class:`RunLock` holds ``FOLDER/.bnlab.lock``: an ``flock`` (released by the kernel when
 the process dies, however it dies) on a file that records the holder's pid, host and
 command. A second ``bnlab`` writing into the same folder — or into a folder inside a
-locked one — is refused with a one-line :class:`RunLockedError` naming the pid. A lock
+folder another process has locked — is refused with a one-line :class:`RunLockedError` naming the pid. A lock
 file left by a killed process is *stale*: nobody holds its ``flock`` and its pid is not
 running; it is taken over and reported in :attr:`RunLock.stale_pid`.
 """
@@ -58,7 +58,8 @@ def _held_by_other(path: Path) -> dict[str, Any] | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        return _read_holder(path) or {"pid": "?"}
+        holder = _read_holder(path) or {"pid": "?"}
+        return None if holder.get("pid") == os.getpid() else holder  # our own outer lock
     finally:
         os.close(fd)  # closing drops the probe's shared lock
     return None
