@@ -4,7 +4,6 @@ from __future__ import annotations
 import html
 import io
 import re
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from bnlab.lab.report.figures import DPI, layout_problems, legend_below, mean_ba
 from bnlab.lab.report.render import page_markdown, png_data_uri, render_page, section_markdown, verdict_line
 from bnlab.lab.report.verdict import VERDICT_RULE
 
-CHROMIUM = Path("/usr/bin/chromium")
+from report_probe import CHROMIUM, chromium, probe
+
 EVIL = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>|*_'
 
 
@@ -151,55 +151,17 @@ def test_a_curve_missing_from_the_legend_and_an_empty_caption_are_refused(tmp_pa
 
 # ------------------------------------------------------------------ headless Chromium
 
-_PROBE = """<script>
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
-  var blurry = imgs.filter(function (i) { return i.naturalWidth > 0 && i.naturalWidth < 2 * i.clientWidth - 1; }).length;
-  var overlaps = 0;
-  document.querySelectorAll('section').forEach(function (s) {
-    var r = Array.prototype.map.call(s.children, function (c) { return c.getBoundingClientRect(); });
-    for (var a = 0; a < r.length; a++) for (var b = a + 1; b < r.length; b++)
-      if (r[a].height > 0 && r[b].height > 0 && r[a].top < r[b].bottom - 0.5 && r[b].top < r[a].bottom - 0.5 &&
-          r[a].left < r[b].right && r[b].left < r[a].right) overlaps++;
-  });
-  var wide = document.documentElement.scrollWidth > window.innerWidth ? 1 : 0;
-  var d = document.createElement('pre');
-  d.id = 'bnlab-check';
-  d.textContent = 'images=' + imgs.length + ' broken=' + broken + ' blurry=' + blurry + ' overlaps=' + overlaps +
-    ' overflow=' + wide + ' title=' + document.title;
-  document.body.appendChild(d);
-});
-</script>"""
-
-
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--force-device-scale-factor=2", f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
-    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-def _probe(page_html: str, tmp_path: Path) -> str:
-    probe = tmp_path / "probe.html"
-    probe.write_text(page_html.replace("</body>", _PROBE + "</body>"))
-    out = _chromium(["--window-size=1100,1400", "--dump-dom", probe.as_uri()], tmp_path / "profile")
-    assert out.returncode == 0, out.stderr[-2000:]
-    m = re.search(r'<pre id="bnlab-check">([^<]*)</pre>', out.stdout)
-    assert m, "probe script did not run: " + out.stdout[-500:]
-    return html.unescape(m.group(1))
-
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install -y chromium)")
-def test_report_in_headless_chromium(records, tmp_path):
+def test_report_in_headlesschromium(records, tmp_path):
     from PIL import Image
 
     page = tmp_path / "report.html"
     page.write_text(render_page(records, meta={"preset": EVIL}))
-    result = _probe(page.read_text(), tmp_path)
+    result = probe(page.read_text(), tmp_path)
     assert result.startswith("images=6 broken=0 blurry=0 overlaps=0 overflow=0 title=bnlab:"), result
     shot = tmp_path / "shot.png"
-    out = _chromium([f"--screenshot={shot}", "--window-size=1100,1400", page.as_uri()], tmp_path / "profile2")
+    out = chromium([f"--screenshot={shot}", "--window-size=1100,1400", page.as_uri()], tmp_path / "profile2")
     assert out.returncode == 0, out.stderr[-2000:]
     img = Image.open(io.BytesIO(shot.read_bytes())).convert("RGB")
     assert img.size == (2200, 2800)                                    # rendered at 2x
@@ -215,6 +177,6 @@ def test_chromium_probe_detects_broken_blurry_and_overlapping(tmp_path):
     page = ('<html><head><title>bnlab: x</title></head><body><section><img src="data:image/png;base64,iVBORw0KGgoAAAA">'
             f'<img src="{tiny}" style="width:4000px">'
             '<div style="height:50px">a</div><div style="height:50px;margin-top:-30px">b</div></section></body></html>')
-    result = _probe(page, tmp_path)
+    result = probe(page, tmp_path)
     assert "broken=1" in result and "blurry=1" in result and "overflow=1" in result
     assert "overlaps=0" not in result

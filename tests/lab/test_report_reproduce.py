@@ -9,6 +9,8 @@ import pytest
 
 from bnlab.lab import cli
 
+from report_probe import CHROMIUM, probe
+
 pytestmark = pytest.mark.usefixtures("reference_kernels")
 
 
@@ -48,3 +50,7 @@ def test_reproduce_reports_every_verdict_and_links_each_control(tmp_path, capsys
         assert f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]" in page
     md = (out / "results.md").read_text()
     assert re.search(r"\| fig1 \| " + rec["verdict"] + r" \| " + ctl["verdict"] + r" \|", md)
+    # the real page in headless Chromium at 2x: figures decode, crisp, nothing overlaps or overflows
+    if CHROMIUM.exists():
+        result = probe(page, tmp_path)
+        assert result.startswith(f"images={len(rec['figures'])} broken=0 blurry=0 overlaps=0 overflow=0 "), result
