@@ -33,7 +33,7 @@ from ..report.figures import legend_below, mean_band, new_figure, save_figure
 from ..report.render import ci_text
 from ..report.verdict import mean_ci
 from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
-from .kit import FashionData, data_note, fit_metrics, load_data, series_of
+from .kit import TINY_DATA, FashionData, data_note, fit_metrics, load_data, series_of
 
 D2L_RANGE = (84.0, 89.0)  # percent: d2l's printed BN-LeNet test accuracies after 10 epochs
 _NORMS = {"plain": (None, None), "bnlab": (bnlab.BatchNorm2d, bnlab.BatchNorm1d),
@@ -60,8 +60,7 @@ class D2LConfig(ExperimentConfig, FashionData, LoopConfig):
 
 
 PRESETS = {
-    "tiny": D2LConfig(seeds=(0, 1), dataset="mnist-embedded", fallback_dataset="", val_size=200,
-                      train_limit=384, test_limit=300, batch_size=64, epochs=2),
+    "tiny": D2LConfig(**{**TINY_DATA, "train_limit": 384}, batch_size=64, epochs=2),
     "quick": D2LConfig(train_limit=3072, val_size=1000, test_limit=1000, eval_every_epochs=2),
     "full": D2LConfig(fallback_dataset=""),
     "paper": D2LConfig(fallback_dataset="", seeds=(0, 1, 2, 3, 4)),

@@ -20,9 +20,12 @@ from ..config import check, option
 from ..data.choose import choose_dataset
 from .framework import DataConfig, Splits, load_splits
 
-__all__ = ["FashionData", "load_data", "data_note", "used_dataset", "fit_metrics", "series_of",
+__all__ = ["FashionData", "TINY_DATA", "load_data", "data_note", "used_dataset", "fit_metrics", "series_of",
            "CHANCE_LOSS"]
 
+#: the data of every ``tiny`` preset: two seeds on a few embedded digits (tests, seconds)
+TINY_DATA = dict(seeds=(0, 1), dataset="mnist-embedded", fallback_dataset="", val_size=200,
+                 train_limit=600, test_limit=300)
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 _TEST_SUBSET_SEED = 31415
 

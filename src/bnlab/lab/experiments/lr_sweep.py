@@ -36,7 +36,7 @@ from ..models.affine_mlp import AffineMLP
 from ..report.figures import legend_below, mean_band, new_figure, save_figure, style
 from ..report.render import ci_text
 from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
-from .kit import FashionData, data_note, fit_metrics, load_data
+from .kit import TINY_DATA, FashionData, data_note, fit_metrics, load_data
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,7 @@ class LrSweepConfig(ExperimentConfig, FashionData, LoopConfig):
 
 
 PRESETS = {
-    "tiny": LrSweepConfig(seeds=(0, 1), dataset="mnist-embedded", fallback_dataset="", val_size=200,
-                          train_limit=600, test_limit=300, lrs=(0.01, 0.3, 3.0), steps=30, eval_every=15),
+    "tiny": LrSweepConfig(**TINY_DATA, lrs=(0.01, 0.3, 3.0), steps=30, eval_every=15),
     "quick": LrSweepConfig(train_limit=12000, val_size=2000, test_limit=2000),
     "full": LrSweepConfig(fallback_dataset="", steps=4000, eval_every=500),
     "paper": LrSweepConfig(fallback_dataset="", steps=4000, eval_every=500, seeds=(0, 1, 2, 3, 4),

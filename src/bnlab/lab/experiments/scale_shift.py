@@ -38,7 +38,7 @@ from ..report.figures import legend_below, mean_band, new_figure, save_figure, s
 from ..report.render import ci_text
 from ..report.verdict import mean_ci
 from .framework import Arm, Check, Context, Experiment, ExperimentConfig, Results, SeedResult
-from .kit import FashionData, data_note, fit_metrics, load_data, series_of
+from .kit import TINY_DATA, FashionData, data_note, fit_metrics, load_data, series_of
 
 BAND = 1.0  # |z| <= 1: the sigmoid's near-linear band
 _MODES = {"affine": "γ and β", "beta": "β only", "none": "no γ, β"}
@@ -59,8 +59,7 @@ class ScaleShiftConfig(ExperimentConfig, FashionData, LoopConfig):
 
 
 PRESETS = {
-    "tiny": ScaleShiftConfig(seeds=(0, 1), dataset="mnist-embedded", fallback_dataset="", val_size=200,
-                             train_limit=600, test_limit=300, steps=20, eval_every=10, probe_size=100),
+    "tiny": ScaleShiftConfig(**TINY_DATA, steps=20, eval_every=10, probe_size=100),
     "quick": ScaleShiftConfig(train_limit=12000, val_size=2000, test_limit=2000, steps=600,
                               eval_every=150),
     "full": ScaleShiftConfig(fallback_dataset="", steps=10000, eval_every=1000),

@@ -43,7 +43,7 @@ from ..report.figures import legend_below, mean_band, new_figure, save_figure, s
 from ..report.render import ci_text
 from .framework import (CONTROL_SEED_OFFSET, Arm, Check, Context, Experiment, ExperimentConfig, Results,
                         SeedResult)
-from .kit import FashionData, data_note, fit_metrics, load_data, series_of
+from .kit import TINY_DATA, FashionData, data_note, fit_metrics, load_data, series_of
 
 _NORM = {"plain": None, "bnlab": "batch", "torch": "torch"}
 
@@ -66,8 +66,7 @@ class WallClockConfig(ExperimentConfig, FashionData, LoopConfig):
 
 
 PRESETS = {
-    "tiny": WallClockConfig(seeds=(0, 1), dataset="mnist-embedded", fallback_dataset="", val_size=200,
-                            train_limit=600, test_limit=300, steps=60, eval_every=20, target_acc=50.0,
+    "tiny": WallClockConfig(**TINY_DATA, steps=60, eval_every=20, target_acc=50.0,
                             timing_rounds=3, timing_steps=5),
     "quick": WallClockConfig(train_limit=20000, val_size=2000, test_limit=2000),
     "full": WallClockConfig(fallback_dataset="", steps=10000, eval_every=100, timing_rounds=15,
