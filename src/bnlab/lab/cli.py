@@ -95,6 +95,8 @@ def _add_reproduce(sub) -> None:
     rep.add_argument("--resume", action="store_true",
                      help="continue unfinished runs from their checkpoints (automatic when settings and code match)")
     rep.add_argument("--force", action="store_true", help="rerun even experiments with finished results")
+    rep.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="run N experiments at a time in worker processes (default: 1; 2 fills a 2-core machine)")
     rep.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads per experiment (default: each preset's; 0: automatic)")
 

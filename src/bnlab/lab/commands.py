@@ -118,88 +118,11 @@ def _with_threads(cfg, requested: int | None = None):
     return cfg if n == cfg.threads else apply_overrides(cfg, {"threads": n})
 
 
-def _reproduce_one(exp, preset: str, run_dir: Path, args) -> Any:
-    from .experiments import run_experiment
-    from .runs.identity import run_identity
-    from .runs.lock import RunLock
-    from .runs.resume import finished_results, same_config
-    from .runs.session import discard_failed, remove_stale_results
-
-    cfg = _with_threads(exp.presets[preset], args.threads)
-    identity = run_identity("experiment", exp.name, preset, config_to_dict(cfg))
-    outcome = None if args.force else finished_results(run_dir, identity)
-    if outcome is not None:
-        print(f"    finished results of this exact run (settings and code) found in {run_dir}/, "
-              "reused (--force reruns)", flush=True)
-        return outcome
-    created = not run_dir.exists()
-    resume = not args.force and (args.resume or same_config(run_dir, identity))
-    try:
-        with RunLock(run_dir):  # a `bnlab run EXP --out` of this folder may be writing it
-            if not resume:
-                remove_stale_results(run_dir)
-            outcome = run_experiment(exp, cfg, run_dir, preset=preset, resume=resume, with_control=True)
-    except BaseException:
-        discard_failed(run_dir, created)
-        raise
-    _stamp(run_dir, identity, outcome)
-    return outcome
-
-
-def _load_experiments(names: Sequence[str]) -> dict[str, Any]:
-    """name -> experiment, or the exception its module raised on import (reported as not run)."""
-    import types
-
-    from .experiments import get_experiment
-
-    out: dict[str, Any] = {}
-    for name in names:
-        try:
-            out[name] = get_experiment(name)
-        except Exception as exc:  # noqa: BLE001 - a broken module must not stop the other experiments
-            stub = types.SimpleNamespace(name=name, title=name, claim="(its module failed to import)",
-                                         source="", presets={})
-            out[name] = (stub, exc)
-    return out
-
-
 def cmd_reproduce(args) -> int:
-    from .experiments import REGISTRY
-    from .report.render import verdict_line
-    from .report.reproduce import not_run_record, write_reproduce
-    from .runs.session import RunSession
+    from .reproduce import reproduce
 
-    names = args.only or list(REGISTRY)
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise ConfigError(f"--only: unknown experiment(s) {unknown}; choose from {list(REGISTRY)}")
-    loaded = _load_experiments(names)
-    for name, exp in loaded.items():
-        if not isinstance(exp, tuple) and args.preset not in exp.presets:
-            raise ConfigError(f"--preset {args.preset}: experiment {name} has no such preset; "
-                              f"choose from {sorted(exp.presets)}")
-    t0, entries, failed = time.perf_counter(), [], 0
-    with RunSession(args.out):
-        print(f"bnlab reproduce --preset {args.preset} -> {args.out}/", flush=True)
-        for i, name in enumerate(names, 1):
-            exp, outcome = loaded[name] if isinstance(loaded[name], tuple) else (loaded[name], None)
-            print(f"[{i}/{len(names)}] {name} ({args.preset}): {exp.claim}", flush=True)
-            try:
-                if outcome is not None:
-                    raise RuntimeError(f"cannot import experiment {name}: {one_line(outcome)}")
-                outcome = _reproduce_one(exp, args.preset, args.out / name, args)
-                print("    " + verdict_line(outcome), flush=True)
-            except (ConfigError, RuntimeError, ValueError, OSError) as exc:
-                failed += 1
-                outcome = exc
-                print(f"bnlab: {name} failed: {one_line(exc)}", file=sys.stderr, flush=True)
-            entries.append((exp, outcome, name))
-        md, page = write_reproduce(args.out, entries, args.preset, time.perf_counter() - t0)
-    print("\nverdicts:")
-    for exp, outcome, _ in entries:
-        print("  " + verdict_line(outcome if isinstance(outcome, dict) else not_run_record(exp, outcome)))
-    print(f"summary: {md}\nreport:  {page}  (open it in a browser)")
-    return EXIT_FAILED if failed else 0
+    return reproduce(args.out, args.only, args.preset, force=args.force, resume=args.resume,
+                     threads=args.threads, jobs=args.jobs)
 
 
 def _check_model_fits(cfg) -> None:

@@ -49,8 +49,8 @@ def _read_holder(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def _held_by_other(path: Path) -> dict[str, Any] | None:
-    """The holder of ``path``'s lock if a live process holds it, else ``None``."""
+def _held_by_other(path: Path, ours: set[int]) -> dict[str, Any] | None:
+    """The holder of ``path``'s lock if a live process other than ``ours`` holds it, else ``None``."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -59,7 +59,7 @@ def _held_by_other(path: Path) -> dict[str, Any] | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         holder = _read_holder(path) or {"pid": "?"}
-        return None if holder.get("pid") == os.getpid() else holder  # our own outer lock
+        return None if holder.get("pid") in ours else holder  # our own (or our parent's) outer lock
     finally:
         os.close(fd)  # closing drops the probe's shared lock
     return None
@@ -68,9 +68,10 @@ def _held_by_other(path: Path) -> dict[str, Any] | None:
 class RunLock:
     """``with RunLock(folder): ...`` — exclusive writer of ``folder`` (created if missing)."""
 
-    def __init__(self, folder: str | os.PathLike, flag: str = "--out") -> None:
+    def __init__(self, folder: str | os.PathLike, flag: str = "--out", parent_pid: int | None = None) -> None:
         self.folder = Path(folder)
         self.flag = flag
+        self.ours = {os.getpid()} | ({parent_pid} if parent_pid else set())  # a worker of `reproduce --jobs`
         self.path = self.folder / LOCK_NAME
         self.stale_pid: int | None = None
         self._fd: int | None = None
@@ -84,7 +85,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         for parent in self.folder.resolve().parents:  # a run inside a folder another run writes
-            holder = _held_by_other(parent / LOCK_NAME)
+            holder = _held_by_other(parent / LOCK_NAME, self.ours)
             if holder is not None:
                 self._refuse(parent, holder)
         self.folder.mkdir(parents=True, exist_ok=True)
