@@ -210,6 +210,13 @@ class BatchSize(Experiment):
                             "epoch(s); a norm after each conv layer only",
                  "header": ["norm, batch", *MODES.values()], "rows": rows},)
 
+    def notes(self, cfg, results):
+        small = min(cfg.batch_sizes)
+        return (f"Equal epochs are not equal updates: at batch {small} an epoch is {32 // small}× as many steps as at "
+                f"batch 32 (each with a {32 // small}× smaller learning rate).",
+                "GroupNorm and LayerNorm use no batch statistics, so their three evaluation modes agree exactly; for "
+                "the BN family, the gap between eval mode and 'after recalibrate' is the moving averages' error.")
+
     def published(self):
         return ({"caption": "ResNet-50 on ImageNet, top-1 error % by images per GPU (Wu & He 2018, Table 3)",
                  "header": ["norm", "32", "8", "4", "2"], "rows": [list(r) for r in PUBLISHED]},)

@@ -195,6 +195,18 @@ class Inference(Experiment):
                             f"{cfg.steps} steps at constant lr {cfg.lr:g}",
                  "header": ["BN statistics", "test accuracy %"], "rows": rows},)
 
+    def notes(self, cfg, results):
+        runs = results.runs["recalibrated"]
+        m = f"{cfg.small_momentum:g}"
+
+        def mean(key):
+            return sum(r.series["modes"][key] for r in runs) / len(runs)
+        left = (1 - cfg.small_momentum) ** cfg.steps
+        return (f"At momentum {m} the raw average still weighs its initial 0 / 1 by (1 − {m})^{cfg.steps} = "
+                f"{left:.2f}: {mean(f'ema_{m}_raw'):.1f}% raw vs {mean(f'ema_{m}_corrected'):.1f}% bias-corrected vs "
+                f"{mean('recalibrated'):.1f}% with Algorithm 2 (means over seeds); what separates the last two is "
+                "the network's change during the averaging window.",)
+
     def published(self):
         return ({"caption": "Algorithm 2 (no accuracy numbers are published for this)",
                  "header": ["quantity", "paper"],

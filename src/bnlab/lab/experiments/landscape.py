@@ -177,6 +177,17 @@ class Landscape(Experiment):
                  "header": ["network", "loss range", "max ‖Δ∇L‖", "β-smoothness", "test accuracy %"],
                  "rows": rows},)
 
+    def notes(self, cfg, results):
+        if "bn" not in results.runs:
+            return ()
+        out = []
+        for metric, what in QUANTITIES.items():
+            diff = [b - p for b, p in zip(results.values("bn", metric), results.values("plain", metric))
+                    if b is not None and p is not None and math.isfinite(b - p)]
+            if diff:
+                out.append(f"{what}: BN / no BN = {10 ** (sum(diff) / len(diff)):.2g} (geometric mean over seeds).")
+        return tuple(out)
+
     def published(self):
         return ({"caption": "Santurkar et al. Figure 4 (qualitative: the paper gives plots, not numbers)",
                  "header": ["quantity", "VGG on CIFAR-10, no BN → BN"],

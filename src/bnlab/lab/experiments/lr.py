@@ -201,6 +201,18 @@ class Lr(Experiment):
                  "header": ["variant", "initial lr", "final lr", "steps to target", "test accuracy %", "status"],
                  "rows": rows},)
 
+    def notes(self, cfg, results):
+        out = []
+        for name, arm in results.arms.items():
+            bad = sum(r.status != "completed" for r in results.runs[name])
+            if bad:
+                out.append(f"{arm.label} diverged in {bad} of {len(results.runs[name])} seeds.")
+        x5 = loop_config(cfg, "bn_x5", 0)
+        end = learning_rate(x5.lr, x5.schedule, x5.steps - 1, x5.lr_step, x5.lr_gamma)
+        out.append(f"BN-x5 ends the run at lr {end:.3g} = {end / cfg.base_lr:.2f}η₀ (the decay is tied to the run's "
+                   "length, so the 6× faster decay never starves it).")
+        return tuple(out)
+
     def published(self):
         return ({"caption": "Inception on ImageNet (paper's Figure 3)",
                  "header": ["model", "steps to 72.2%", "max accuracy"], "rows": [list(r) for r in PUBLISHED]},)
