@@ -43,7 +43,7 @@ def act_backward(dy, z, act: str, p: float):
     if act == "relu":
         return dy * (z > 0).to(dy.dtype)
     if act == "leaky_relu":
-        return dy * torch.where(z > 0, 1.0, p).to(dy.dtype)
+        return torch.where(z > 0, dy, dy * p)
     if act == "silu":
         s = torch.sigmoid(z)
         return dy * (s * (1 + z * (1 - s)))
