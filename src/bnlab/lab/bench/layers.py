@@ -1,0 +1,105 @@
+"""Per-shape layer timing: bnlab's BatchNorm against ``torch.nn.BatchNorm*d``.
+
+Modes: ``train`` (forward + backward in training mode, the running statistics
+updated) and ``eval`` (inference forward under ``no_grad``). Each round also times a
+``copy_`` of the input into a preallocated tensor: the copy bandwidth of this
+machine in this run, against which the bytes a BN pass must move are set
+(``train``: 8 passes over the activation — forward reads x for the statistics and
+reads x / writes y; backward reads dy, x for the two sums and reads dy, x / writes dx;
+``eval``: 2 passes).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+import bnlab
+
+from .config import parse_shapes, shape_label
+from .timing import Clock, interleaved, ratio_summary, summary, timed
+
+__all__ = ["PASSES", "make_input", "make_step", "bench_pair", "bench_layers", "TORCH_BN", "BNLAB_BN"]
+
+PASSES = {"train": 8, "eval": 2}
+TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+BNLAB_BN = {2: bnlab.BatchNorm1d, 3: bnlab.BatchNorm1d, 4: bnlab.BatchNorm2d, 5: bnlab.BatchNorm3d}
+
+
+def make_input(shape, cl: bool) -> torch.Tensor:
+    """A float32 input of ``shape``, channels_last(_3d) when ``cl``."""
+    x = torch.randn(shape)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+    return x
+
+
+def make_step(mode: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], tuple[float, int]]:
+    """One timed call of ``layer`` in ``mode``; the input is a fresh copy made untimed.
+
+    The copy lets in-place layers overwrite their input; every peer gets it, so all
+    see the same memory state. In ``train`` the copy is the child of a leaf that
+    requires grad, so dx is computed as in a network.
+    """
+    clock = Clock()
+
+    def step() -> tuple[float, int]:
+        if mode == "eval":
+            layer.eval()
+            with torch.no_grad():
+                h = x.clone(memory_format=torch.preserve_format)
+                clock.start()
+                layer(h)
+                return clock.stop()
+        layer.train()
+        leaf = x.detach().requires_grad_()
+        h = leaf.clone(memory_format=torch.preserve_format)
+        clock.start()
+        layer(h).backward(dy)
+        out = clock.stop()
+        layer.zero_grad(set_to_none=True)
+        return out
+    return step
+
+
+def bench_pair(layers: dict[str, nn.Module], shape, cl: bool, reps: int, warmup: int,
+               modes=("train", "eval")) -> dict:
+    """Time ``layers`` (first = candidate, last = baseline) on one shape, interleaved with a copy.
+
+    Returns per mode: per peer a :func:`summary` plus ``faults_per_step``; the paired
+    ratio ``speedup`` = baseline time / candidate time per round (> 1: candidate faster);
+    ``copy_gbps`` and, per peer, ``efficiency`` = PASSES·bytes / time / copy bandwidth.
+    """
+    x = make_input(shape, cl)
+    dy = torch.randn_like(x)
+    dst = torch.empty_like(x)
+    nbytes = x.numel() * x.element_size()
+    names = list(layers)
+    out = {"shape": list(shape), "channels_last": cl, "label": shape_label(shape, cl), "bytes": nbytes}
+    for mode in modes:
+        steps = {n: make_step(mode, layers[n], x, dy) for n in names}
+        steps["copy"] = timed(lambda: dst.copy_(x))
+        secs, faults = interleaved(steps, reps, warmup)
+        copy_s = sorted(secs["copy"])[len(secs["copy"]) // 2]
+        copy_gbps = 2 * nbytes / copy_s / 1e9
+        res = {"copy_gbps": copy_gbps, "peers": {}}
+        for n in names:
+            s = summary(secs[n])
+            s["faults_per_step"] = sorted(faults[n])[len(faults[n]) // 2]
+            s["gbps"] = PASSES[mode] * nbytes / (s["median_ms"] / 1e3) / 1e9
+            s["efficiency"] = s["gbps"] / copy_gbps
+            res["peers"][n] = s
+        res["speedup"] = ratio_summary(secs[names[-1]], secs[names[0]])
+        out[mode] = res
+    return out
+
+
+def bench_layers(cfg) -> list[dict]:
+    """bnlab.BatchNorm*d vs torch.nn.BatchNorm*d on every configured shape."""
+    rows = []
+    for shape, cl in parse_shapes(cfg.shapes):
+        c, nd = shape[1], len(shape)
+        layers = {"bnlab": BNLAB_BN[nd](c), "torch": TORCH_BN[nd](c)}
+        rows.append(bench_pair(layers, shape, cl, cfg.reps, cfg.warmup))
+    return rows
