@@ -1,6 +1,8 @@
 """BatchNormAct1d/2d/3d: g(BN(x)) against torch's BatchNorm followed by the activation."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -213,3 +215,32 @@ def test_replaced_activation_runs_unfused():
     ref = nn.Sequential(nn.BatchNorm2d(3), nn.GELU())
     x = torch.randn(4, 3, 2, 2)
     torch.testing.assert_close(m(x), ref(x))
+
+
+@pytest.mark.parametrize("act,inplace", [("relu", False), ("silu", False), ("leaky_relu", True)])
+def test_torchscript_fx_export_match_torch(act, inplace, tmp_path):
+    ours, ref = _pair(BatchNormAct2d, act, inplace, dtype=torch.float32)
+    scripted = torch.jit.script(copy.deepcopy(ours))
+    path = tmp_path / "m.pt"
+    torch.jit.save(scripted, str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    for _ in range(2):                                               # training steps update the buffers
+        torch.testing.assert_close(loaded(x.clone()), ref(x))
+    torch.testing.assert_close(loaded.running_var, ref[0].running_var)
+    assert int(loaded.num_batches_tracked) == 2
+    loaded.eval(), ref.eval()
+    torch.testing.assert_close(loaded(x.clone()), ref(x))
+    ours.load_state_dict(ref[0].state_dict())
+    ours.eval()
+    chain = nn.Sequential(nn.Conv2d(3, 3, 1), ours)
+    chain_ref = nn.Sequential(chain[0], ref)
+    torch.testing.assert_close(torch.fx.symbolic_trace(chain)(x), chain_ref(x))
+    torch.testing.assert_close(torch.export.export(chain, (x,)).module()(x), chain_ref(x))
+
+
+def test_torchscript_refuses_an_unfusable_act():
+    m = BatchNormAct2d(3)
+    m.act = nn.GELU()
+    with pytest.raises(torch.jit.Error, match="TorchScript needs a fusable act"):
+        torch.jit.script(m)(torch.randn(2, 3, 2, 2))

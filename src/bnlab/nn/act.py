@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from .. import functional as F
 from .. import kernels
-from .._stats import count_per_channel
 from ..kernels import ACTIVATIONS, INVERTIBLE
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -72,7 +71,7 @@ def _check_invertible(layer, spec) -> None:
 class _BatchNormAct:
     """The fused forward, mixed in before a bnlab BatchNorm class (which owns state and mode)."""
 
-    inplace: bool = False
+    inplace = False
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
@@ -82,6 +81,14 @@ class _BatchNormAct:
         self.inplace = bool(inplace)
         if self.inplace:
             _check_invertible(self, act_spec(self.act))
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name == "act":
+            # what TorchScript passes to the operators ("" = not fusable: scripting refuses)
+            kind, p = act_spec(value) or ("", 0.0)
+            super().__setattr__("_act_kind", kind)
+            super().__setattr__("_act_param", p)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", inplace=True" if self.inplace else "")
@@ -104,12 +111,51 @@ class _BatchNormAct:
                                    act=kind, act_param=p)
         if self.inplace:
             self._check_inplace(input, kind, p)
-        # Alg. 1, then g: one pass for the statistics, one elementwise pass (over the input if inplace)
-        y, mean, var, _ = kernels.bn_train(input, self.weight, self.bias, None, None, None, self.momentum,
-                                           self.eps, False, kind, p, inplace=self.inplace)
-        if self._updates_running_stats():
-            self._track(mean, var, count_per_channel(input))
+        # Alg. 1, then g: one pass for the statistics, one elementwise pass (over the input if inplace);
+        # the operator folds the batch statistics into the running ones (guarded) when this layer updates them
+        if not self._updates_running_stats():
+            return kernels.bn_train(input, self.weight, self.bias, None, None, None, self.momentum, self.eps,
+                                    False, kind, p, inplace=self.inplace)[0]
+        y, _, _, ok = kernels.bn_train(input, self.weight, self.bias, self.running_mean, self.running_var,
+                                       self.num_batches_tracked, self.momentum, self.eps, self.nonfinite_guard,
+                                       kind, p, inplace=self.inplace)
+        self._note_guard(ok)
         return y
+
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """The forward TorchScript compiles: the same policy and operators, with the activation.
+
+        No Python-side guard bookkeeping (``skipped_batches``); the guard acts inside the operator.
+        """
+        kind, p = self._act_kind, self._act_param
+        if kind == "":
+            raise RuntimeError("BatchNormAct: TorchScript needs a fusable act (identity, relu, leaky_relu, silu)")
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or self.running_mean is None
+        rm = self.running_mean
+        rv = self.running_var
+        if not use_batch:
+            if rm is None or rv is None:
+                raise RuntimeError("running_mean must be defined in evaluation mode")
+            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, kind, p)
+        update = self.training and self.track_running_stats
+        urs = self.update_running_stats
+        if urs is not None:
+            update = urs
+        if update and rm is not None:
+            if self.inplace:
+                torch.ops.bnlab.bn_train_(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
+                                          self.momentum, self.eps, self.nonfinite_guard, kind, p)
+                return input
+            return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
+                                            self.momentum, self.eps, self.nonfinite_guard, kind, p)[0]
+        if self.inplace:
+            torch.ops.bnlab.bn_train_(input, self.weight, self.bias, None, None, None, 0.0, self.eps, False, kind, p)
+            return input
+        return torch.ops.bnlab.bn_train(input, self.weight, self.bias, None, None, None, 0.0, self.eps,
+                                        False, kind, p)[0]
 
     def _check_inplace(self, input: Tensor, kind: str, p: float) -> None:
         _check_invertible(self, (kind, p))

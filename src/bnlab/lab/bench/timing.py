@@ -34,17 +34,20 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def summary(seconds: list[float], unit: str = "ms") -> dict:
-    """Median, 25th/75th percentiles (``*_ms`` or ``*_us``), relative spread and n."""
+    """Median, 25th/75th percentiles, minimum (``*_ms`` or ``*_us``), relative spread and n.
+
+    On a busy machine the minimum is the best estimate of an undisturbed call.
+    """
     scale = {"ms": 1e3, "us": 1e6}[unit]
     lo, med, hi = _quartiles([s * scale for s in seconds])
-    return {f"median_{unit}": med, f"p25_{unit}": lo, f"p75_{unit}": hi,
+    return {f"median_{unit}": med, f"p25_{unit}": lo, f"p75_{unit}": hi, f"min_{unit}": min(seconds) * scale,
             "spread": (hi - lo) / med if med > 0 else 0.0, "n": len(seconds)}
 
 
 def ratio_summary(num: list[float], den: list[float]) -> dict:
-    """Per-round paired ratios num/den: median and 25th/75th percentiles."""
+    """Per-round paired ratios num/den (median, 25th/75th percentiles) and the ratio of the minima."""
     lo, med, hi = _quartiles([a / b for a, b in zip(num, den) if b > 0])
-    return {"median": med, "p25": lo, "p75": hi}
+    return {"median": med, "p25": lo, "p75": hi, "of_minima": min(num) / min(den)}
 
 
 def interleaved(steps: dict[str, Callable[[], float]], reps: int, warmup: int) -> tuple[dict, dict]:
