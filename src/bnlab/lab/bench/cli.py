@@ -28,7 +28,9 @@ def _kernels() -> str:
     if status is None:
         return kernels.get_backend()
     st = status()
-    return "compiled C++ extension" if st.get("loaded") else f"reference (extension: {st.get('error') or 'not loaded'})"
+    if st.get("loaded"):
+        return f"compiled C++ extension ({Path(st['path']).parent.name})"
+    return f"reference (extension: {st.get('error') or 'not loaded'})"
 
 
 def _progress(msg: str) -> None:
@@ -117,7 +119,8 @@ def _child_layers(cfg_path: str, out_path: str) -> int:
     cfg = config_from_dict(BenchConfig, json.loads(Path(cfg_path).read_text()))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    Path(out_path).write_text(json.dumps({"rows": bench_layers(cfg), "fault_cost": fault_cost()}))
+    rows = bench_layers(cfg)
+    Path(out_path).write_text(json.dumps({"rows": rows, "fault_cost": fault_cost(), "kernels": _kernels()}))
     return 0
 
 

@@ -70,7 +70,8 @@ def bench_pair(layers: dict[str, nn.Module], shape, cl: bool, reps: int, warmup:
     Returns per mode: per peer a :func:`summary` plus ``faults_per_step``; the paired
     ratio ``speedup`` = baseline time / candidate time per round (> 1: candidate faster);
     ``copy_gbps`` and, per peer, ``efficiency`` = PASSES·bytes / time / copy bandwidth, both
-    from the best round (the undisturbed one on a shared machine).
+    from the best round (the undisturbed one on a shared machine); ``floor_ms``, the time
+    those bytes take at the copy bandwidth, and ``bound_speedup`` = baseline / floor.
     """
     x = make_input(shape, cl)
     dy = torch.randn_like(x)
@@ -94,6 +95,10 @@ def bench_pair(layers: dict[str, nn.Module], shape, cl: bool, reps: int, warmup:
             s["efficiency"] = s["best_gbps"] / best_copy_gbps
             res["peers"][n] = s
         res["speedup"] = ratio_summary(secs[names[-1]], secs[names[0]])
+        # the bandwidth floor: PASSES·bytes at the best copy bandwidth; the baseline's best time over
+        # it is the most any kernel can gain on this shape here
+        res["floor_ms"] = PASSES[mode] * nbytes / best_copy_gbps / 1e6
+        res["bound_speedup"] = res["peers"][names[-1]]["min_ms"] / res["floor_ms"]
         out[mode] = res
     return out
 

@@ -24,17 +24,18 @@ def _layer_table(rows: list[dict], a: str, b: str, title: str) -> list[str]:
     lines = [f"### {title}", "",
              f"Median (25th–75th percentile) of interleaved rounds, ms; ratio = {b} / {a} per round "
              f"(> 1: {a} faster); min = ratio of the best rounds; eff. = bytes a pass must move / best time / "
-             "best copy bandwidth of the same run.", "",
+             "best copy bandwidth of the same run; bound = the baseline's best time / the time its bytes take at "
+             "that bandwidth (the most any kernel could gain).", "",
              f"| shape | MB | train {a} ms | train {b} ms | train ratio | min | eval {a} ms | eval {b} ms | eval ratio "
-             f"| min | copy GB/s | {a} train eff. | {a} eval eff. | faults/step {a} / {b} (train) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| min | copy GB/s | {a} train eff. | {a} eval eff. | bound train / eval | faults/step {a} / {b} (train) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr, ev = r["train"], r["eval"]
         lines.append(
             f"| {r['label']} | {r['bytes'] / 1e6:.1f} | {_ms(tr['peers'][a])} | {_ms(tr['peers'][b])} | "
             f"{_ratio(tr['speedup'])} | {_rmin(tr['speedup'])} | {_ms(ev['peers'][a])} | {_ms(ev['peers'][b])} | "
             f"{_ratio(ev['speedup'])} | {_rmin(ev['speedup'])} | {tr['best_copy_gbps']:.1f} | {tr['peers'][a]['efficiency']:.0%} | {ev['peers'][a]['efficiency']:.0%} | "
-            f"{tr['peers'][a]['faults_per_step']} / {tr['peers'][b]['faults_per_step']} |")
+            f"{tr['bound_speedup']:.2f}× / {ev['bound_speedup']:.2f}× | {tr['peers'][a]['faults_per_step']} / {tr['peers'][b]['faults_per_step']} |")
     return lines + [""]
 
 
@@ -77,6 +78,9 @@ def format_report(res: dict) -> str:
         lines += _layer_table(fm["rows"], "bnlab", "torch",
                               f"Same, child process with MALLOC_MMAP_THRESHOLD_={fm['env']['MALLOC_MMAP_THRESHOLD_']} "
                               f"(glibc's cap) and MALLOC_TRIM_THRESHOLD_={fm['env']['MALLOC_TRIM_THRESHOLD_']}")
+        if fm.get("kernels") != res["machine"]["kernels"]:
+            lines += [f"**The child process ran other kernels ({fm.get('kernels')}) than the parent: "
+                      "the two tables are not comparable.**", ""]
     elif fm:
         lines += [f"Fixed-allocator run: not available ({fm.get('skipped')}).", ""]
     pc = s.get("per_call")
