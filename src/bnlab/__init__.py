@@ -15,6 +15,11 @@ from .nn import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, freeze_
 from .nn import get_norm_layer
 from .surgery import FoldReport, convert_model, fold_batchnorm, recalibrate
 
+from . import _onnx as _onnx_registration
+from . import errors
+
+_onnx_registration.register()          # torch.onnx.export(..., dynamo=False) translates bnlab::bn_eval
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "FoldReport",
     "recalibrate",
     "functional",
+    "errors",
     "convert_model",
     "set_backend",
     "get_backend",

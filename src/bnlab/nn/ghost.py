@@ -5,7 +5,7 @@ The math is :func:`bnlab.functional.ghost_batch_norm_train`; the mode logic
 """
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import functional as F
 from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
@@ -36,19 +36,23 @@ class _GhostBatchNorm(_BatchNorm):
             num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch = self._uses_batch_stats()
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch)
+        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
+                      eps=self.eps)
         if not use_batch:
             # Alg. 2: the population statistics, exactly as BatchNorm
             return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         # Alg. 1 on each ghost batch x_k = x[s_k : s_k + n_k]           # (n_k, C, *)
-        y, stats = F.ghost_batch_norm_train(input, self.weight, self.bias, self.eps, self.virtual_batch_size)
-        if self._updates_running_stats():
-            # one moving-average step per ghost batch, in order (each one guarded)
-            for mean, var, m in stats:
-                self._track(mean, var, m)
+        if not self._updates_running_stats():
+            return F.ghost_batch_norm_train(input, self.weight, self.bias, self.eps, self.virtual_batch_size)[0]
+        # one moving-average step per ghost batch, in order (each one guarded)
+        y, oks = F.ghost_batch_norm_train(
+            input, self.weight, self.bias, self.eps, self.virtual_batch_size, self.running_mean,
+            self.running_var, self.num_batches_tracked, self.momentum, self.nonfinite_guard)
+        for ok in oks:
+            self._note_guard(ok)
         return y
 
     def extra_repr(self) -> str:
@@ -94,16 +98,16 @@ _DOC = r"""Ghost Batch Normalization over a {ndim} input (Hoffer et al., 2017).
     """
 
 
-class GhostBatchNorm1d(_Input1d, _GhostBatchNorm):
+class GhostBatchNorm1d(_Input1d, _GhostBatchNorm, nn.BatchNorm1d):
     __doc__ = _DOC.format(ndim="2D or 3D", over="(n_k, L)", shape="(N, C) or (N, C, L)", name="GhostBatchNorm1d",
                           example="64, 100")
 
 
-class GhostBatchNorm2d(_Input2d, _GhostBatchNorm):
+class GhostBatchNorm2d(_Input2d, _GhostBatchNorm, nn.BatchNorm2d):
     __doc__ = _DOC.format(ndim="4D", over="(n_k, H, W)", shape="(N, C, H, W)", name="GhostBatchNorm2d",
                           example="64, 100, 8, 8")
 
 
-class GhostBatchNorm3d(_Input3d, _GhostBatchNorm):
+class GhostBatchNorm3d(_Input3d, _GhostBatchNorm, nn.BatchNorm3d):
     __doc__ = _DOC.format(ndim="5D", over="(n_k, D, H, W)", shape="(N, C, D, H, W)", name="GhostBatchNorm3d",
                           example="64, 100, 4, 8, 8")
