@@ -42,15 +42,14 @@ class _Train(torch.autograd.Function):
     def forward(ctx, keyset, x, weight, bias, rm, rv, nbt, momentum, eps, guard, act, act_param):
         y, mean, var, ok = _redispatch(OPS.bn_train.default, keyset, x, weight, bias, rm, rv, nbt,
                                        momentum, eps, guard, act, act_param)
-        invstd = torch.rsqrt(var + eps)                              # σ⁻¹ (C,)
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.save_for_backward(x, weight, bias, mean, var)
         ctx.cfg = (eps, act, act_param)
         ctx.mark_non_differentiable(mean, var, ok)
         return y, mean, var, ok
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar, _dok):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
+        x, weight, bias, mean, var = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = [need[1], need[2] and weight is not None, need[3] and bias is not None]
         if not any(mask):
@@ -59,7 +58,7 @@ class _Train(torch.autograd.Function):
         if torch.is_grad_enabled():                                  # double backward
             grads = OPS.bn_backward_graph(dy, x, weight, bias, eps, act, p, mask)
         else:
-            grads = OPS.bn_backward(dy, x, weight, bias, mean, invstd, act, p, mask)
+            grads = OPS.bn_backward(dy, x, weight, bias, mean, var, eps, act, p, mask)
         return (None, *_none_unless(grads, mask)) + (None,) * 8
 
 
@@ -98,22 +97,21 @@ class _TrainInplace(torch.autograd.Function):
     def forward(ctx, keyset, x, weight, bias, rm, rv, nbt, momentum, eps, guard, act, act_param):
         mean, var, ok = _redispatch(OPS.bn_train_.default, keyset, x, weight, bias, rm, rv, nbt,
                                     momentum, eps, guard, act, act_param)
-        invstd = torch.rsqrt(var + eps)
         ctx.mark_dirty(x)
         ctx.mark_non_differentiable(mean, var, ok)
-        ctx.save_for_backward(x, weight, bias, invstd)               # x now holds y
-        ctx.cfg = (act, act_param)
+        ctx.save_for_backward(x, weight, bias, var)                  # x now holds y
+        ctx.cfg = (eps, act, act_param)
         return x, mean, var, ok
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar, _dok):
-        y, weight, bias, invstd = ctx.saved_tensors
+        y, weight, bias, var = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = [need[1], need[2] and weight is not None, need[3] and bias is not None]
         if not any(mask):
             return (None,) * 12
-        act, p = ctx.cfg
-        grads = OPS.bn_backward_from_output(dy, y, weight, bias, invstd, act, p, mask)
+        eps, act, p = ctx.cfg
+        grads = OPS.bn_backward_from_output(dy, y, weight, bias, var, eps, act, p, mask)
         return (None, *_none_unless(grads, mask)) + (None,) * 8
 
 

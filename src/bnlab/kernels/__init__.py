@@ -181,8 +181,17 @@ def bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked, mo
     if _composite((x, weight, bias)):
         if inplace:
             raise RuntimeError("bnlab: in-place BN cannot run under functorch transforms or forward AD")
-        return reference.bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked,
-                                  momentum, eps, guard, act, act_param)
+        try:
+            return reference.bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                      momentum, eps, guard, act, act_param)
+        except RuntimeError as err:
+            if running_mean is None and num_batches_tracked is None:
+                raise
+            raise RuntimeError(
+                "bnlab: under a functorch transform the running statistics cannot be updated in place "
+                f"({err}); use track_running_stats=False, torch.func.replace_all_batch_norm_modules_, "
+                "or give every vmapped model its own buffers (torch.func.stack_module_state)"
+            ) from err
     if inplace:
         mean, var, ok = _T_train_(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                   momentum, eps, guard, act, act_param)

@@ -31,10 +31,10 @@ SCHEMAS: dict[str, str] = {
         "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, "
         "float eps, bool guard, str act, float act_param) -> (Tensor, Tensor, Tensor, Tensor)"
     ),
-    # Section 3's closed-form gradient of bn_train: (dx, dγ, dβ)
+    # Section 3's closed-form gradient of bn_train (σ⁻¹ = 1/sqrt(var + eps)): (dx, dγ, dβ)
     "bn_backward": (
         "(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, Tensor mean, "
-        "Tensor invstd, str act, float act_param, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
+        "Tensor var, float eps, str act, float act_param, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
     ),
     # Alg. 2: y = act(γ·(x − E[x])/sqrt(Var[x] + ε) + β) with fixed statistics
     "bn_eval": (
@@ -73,7 +73,7 @@ SCHEMAS: dict[str, str] = {
     ),
     # its gradient from the output alone: x̂ = (act⁻¹(y) − β)/γ (identity or leaky_relu)
     "bn_backward_from_output": (
-        "(Tensor grad_out, Tensor output, Tensor? weight, Tensor? bias, Tensor invstd, "
+        "(Tensor grad_out, Tensor output, Tensor? weight, Tensor? bias, Tensor var, float eps, "
         "str act, float act_param, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
     ),
     # differentiable renderings of the two backwards (double backward: create_graph=True)

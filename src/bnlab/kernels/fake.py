@@ -37,7 +37,7 @@ def _train_(input, weight, bias, running_mean, running_var, num_batches_tracked,
     return _vec(input, sd), _vec(input, sd), input.new_empty((), dtype=torch.bool)
 
 
-def _backward(grad_out, input, weight, bias, mean, invstd, act, act_param, output_mask):
+def _backward(grad_out, input, weight, bias, mean, var, eps, act, act_param, output_mask):
     return _grads(input, weight, bias, output_mask)
 
 
@@ -66,7 +66,7 @@ def _backward_elemt(grad_out, input, mean, invstd, weight, bias, sum_dz, sum_dz_
     return torch.empty_like(input)
 
 
-def _backward_from_output(grad_out, output, weight, bias, invstd, act, act_param, output_mask):
+def _backward_from_output(grad_out, output, weight, bias, var, eps, act, act_param, output_mask):
     return _grads(output, weight, bias, output_mask)
 
 

@@ -33,7 +33,7 @@ def act_forward(z, act: str, p: float):
         return TF.leaky_relu(z, p)
     if act == "silu":
         return TF.silu(z)
-    raise ValueError(f"unknown activation {act!r}; choose identity, relu, leaky_relu or silu")
+    raise RuntimeError(f"bnlab: unknown activation {act!r}; choose identity, relu, leaky_relu or silu")
 
 
 def act_backward(dy, z, act: str, p: float):
@@ -47,7 +47,7 @@ def act_backward(dy, z, act: str, p: float):
     if act == "silu":
         s = torch.sigmoid(z)
         return dy * (s * (1 + z * (1 - s)))
-    raise ValueError(f"unknown activation {act!r}; choose identity, relu, leaky_relu or silu")
+    raise RuntimeError(f"bnlab: unknown activation {act!r}; choose identity, relu, leaky_relu or silu")
 
 
 def act_inverse(y, act: str, p: float):
@@ -75,6 +75,16 @@ def _grad_dtype(param, fallback):
     return param.dtype if param is not None else fallback
 
 
+def _check(x, **vectors):
+    """The C++ kernels' argument checks: (N, C, *) input, (C,) per-channel vectors."""
+    if x.dim() < 2:
+        raise RuntimeError(f"bnlab: expected an input (N, C, *) with at least 2 dimensions, got {x.dim()}")
+    c = x.shape[1]
+    for name, t in vectors.items():
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"bnlab: {name} should contain {c} elements (one per channel), got {t.numel()}")
+
+
 def _empty(x, dtype=None):
     return x.new_empty((0,), dtype=dtype)
 
@@ -90,6 +100,7 @@ def bn_stats(input):
 def bn_apply(input, mean, invstd, weight, bias, act, act_param):
     """y = g(γ·(x − mean)·invstd + β), the statistics given."""
     x = input
+    _check(x, mean=mean, invstd=invstd, weight=weight, bias=bias)
     cd, shape = compute_dtype(x.dtype), broadcast_shape(x)           # (1, C, 1, ...)
     scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
     z = (x.to(cd) - _vec(mean, cd, shape)) * _vec(scale, cd, shape)  # γ·x̂
@@ -100,6 +111,7 @@ def bn_apply(input, mean, invstd, weight, bias, act, act_param):
 
 def bn_eval(input, running_mean, running_var, weight, bias, eps, act, act_param):
     """Alg. 2: y = g(γ·(x − E[x])/sqrt(Var[x] + ε) + β)."""
+    _check(input, running_mean=running_mean, running_var=running_var)
     sd = stats_dtype(input.dtype)
     invstd = torch.rsqrt(running_var.to(sd) + eps)
     return bn_apply(input, running_mean.to(sd), invstd, weight, bias, act, act_param)
@@ -140,6 +152,7 @@ def bn_train(input, weight, bias, running_mean, running_var, num_batches_tracked
              momentum, eps, guard, act, act_param):
     """Alg. 1 and the running-statistics update: ``(y, μ_B, σ²_B, ok)``."""
     x = input
+    _check(x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     mean64, var64 = channel_mean_var(x)                              # (C,) float64
     sd = stats_dtype(x.dtype)
     mean, var = mean64.to(sd), var64.to(sd)
@@ -206,8 +219,9 @@ def _pack(x, sd, dx, dw, db):
             db if db is not None else _empty(x, sd))
 
 
-def bn_backward(grad_out, input, weight, bias, mean, invstd, act, act_param, output_mask):
-    """Section 3's closed form for ``bn_train``: ``(dx, dγ, dβ)``."""
+def bn_backward(grad_out, input, weight, bias, mean, var, eps, act, act_param, output_mask):
+    """Section 3's closed form for ``bn_train``: ``(dx, dγ, dβ)``, σ⁻¹ = 1/sqrt(var + eps)."""
+    invstd = torch.rsqrt(var + eps)
     s_dz, s_dz_xhat = bn_backward_reduce(grad_out, input, mean, invstd, weight, bias, act, act_param)
     dx = None
     if output_mask[0]:
@@ -233,8 +247,9 @@ def bn_apply_backward(grad_out, input, mean, invstd, weight, bias, act, act_para
     return _pack(x, sd, dx, *_param_grads(weight, bias, sd, s_dz, s_dz_xhat, output_mask))
 
 
-def bn_backward_from_output(grad_out, output, weight, bias, invstd, act, act_param, output_mask):
+def bn_backward_from_output(grad_out, output, weight, bias, var, eps, act, act_param, output_mask):
     """In-Place ABN's gradient: x̂ = (g⁻¹(y) − β)/γ recovered from the output, then Section 3."""
+    invstd = torch.rsqrt(var + eps)
     y = output
     cd, shape = compute_dtype(y.dtype), broadcast_shape(y)
     z = act_inverse(y.to(cd), act, act_param)

@@ -39,11 +39,11 @@ using ApplySig = Tensor(const Tensor&, const Tensor&, const Tensor&, const optio
                         c10::string_view, double);
 using StatsSig = std::tuple<Tensor, Tensor>(const Tensor&);
 using BackwardSig = Tensor3(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
-                            const Tensor&, const Tensor&, c10::string_view, double, Mask);
+                            const Tensor&, const Tensor&, double, c10::string_view, double, Mask);
 using ApplyBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const optional<Tensor>&,
                                  const optional<Tensor>&, c10::string_view, double, Mask);
 using FromOutputSig = Tensor3(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
-                              const Tensor&, c10::string_view, double, Mask);
+                              const Tensor&, double, c10::string_view, double, Mask);
 using BackwardGraphSig = Tensor3(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
                                  double, c10::string_view, double, Mask);
 
@@ -111,9 +111,10 @@ struct TrainFn : public torch::autograd::Function<TrainFn> {
     }
     bump(rm); bump(rv); bump(nbt);
     Mask mask{x.requires_grad(), requires(w), requires(b)};
-    ctx->save_for_backward({x, value(w), value(b), mean, invstd_of(var, eps)});
+    ctx->save_for_backward({x, value(w), value(b), mean, var});
     save_config(ctx, eps, act, slope, mask);
     ctx->mark_non_differentiable({mean, var, ok});
+    ctx->set_materialize_grads(false);
     return {y, mean, var, ok};
   }
 
@@ -129,7 +130,7 @@ struct TrainFn : public torch::autograd::Function<TrainFn> {
       r = op_backward_graph().call(g[0], s[0], opt(s[1]), opt(s[2]), ctx->saved_data["eps"].toDouble(), act, slope, mask);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
-      r = op_backward().call(g[0], s[0], opt(s[1]), opt(s[2]), s[3], s[4], act, slope, mask);
+      r = op_backward().call(g[0], s[0], opt(s[1]), opt(s[2]), s[3], s[4], ctx->saved_data["eps"].toDouble(), act, slope, mask);
     }
     out[0] = mask[0] ? std::get<0>(r) : Tensor();
     out[1] = mask[1] ? std::get<1>(r) : Tensor();
@@ -167,9 +168,10 @@ struct TrainInplaceFn : public torch::autograd::Function<TrainInplaceFn> {
     bump(rm); bump(rv); bump(nbt);
     Mask mask{x.requires_grad(), requires(w), requires(b)};
     ctx->mark_dirty({x});
-    ctx->save_for_backward({x, value(w), value(b), invstd_of(var, eps)});
+    ctx->save_for_backward({x, value(w), value(b), var});
     save_config(ctx, eps, act, slope, mask);
     ctx->mark_non_differentiable({mean, var, ok});
+    ctx->set_materialize_grads(false);
     return {x, mean, var, ok};
   }
 
@@ -181,8 +183,8 @@ struct TrainInplaceFn : public torch::autograd::Function<TrainInplaceFn> {
     Tensor3 r;
     {
       at::AutoDispatchBelowADInplaceOrView below;
-      r = op_from_output().call(g[0], s[0], opt(s[1]), opt(s[2]), s[3], ctx->saved_data["act"].toStringRef(),
-                                ctx->saved_data["slope"].toDouble(), mask);
+      r = op_from_output().call(g[0], s[0], opt(s[1]), opt(s[2]), s[3], ctx->saved_data["eps"].toDouble(),
+                                ctx->saved_data["act"].toStringRef(), ctx->saved_data["slope"].toDouble(), mask);
     }
     out[0] = mask[0] ? std::get<0>(r) : Tensor();
     out[1] = mask[1] ? std::get<1>(r) : Tensor();

@@ -206,7 +206,7 @@ void elementwise(const Geometry& g, const scalar_t* x, const scalar_t* dy, scala
         int64_t i = 0;
         for (; i < inner; i += V) {
           const int64_t n = std::min<int64_t>(V, inner - i);
-          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
+          for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
           store(orow + i, f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv), n);
         }
       }
@@ -288,11 +288,16 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
         const scalar_t* dr = dy ? dy + r * C : nullptr;
         for (int64_t i = 0; i < C; i += V) {
           const int64_t n = std::min<int64_t>(V, C - i);
-          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
+          for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
           Vec v1, v2;
           f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
-          (Vec::loadu(t1.data() + i, n) + v1).store(t1.data() + i, n);
-          (Vec::loadu(t2.data() + i, n) + v2).store(t2.data() + i, n);
+          if (n == V) {
+            (Vec::loadu(t1.data() + i) + v1).store(t1.data() + i);
+            (Vec::loadu(t2.data() + i) + v2).store(t2.data() + i);
+          } else {
+            (Vec::loadu(t1.data() + i, n) + v1).store(t1.data() + i, n);
+            (Vec::loadu(t2.data() + i, n) + v2).store(t2.data() + i, n);
+          }
         }
       }
       for (int64_t c = 0; c < C; ++c) {

@@ -79,7 +79,8 @@ void channel_stats(const Geometry& g, const scalar_t* x, std::vector<double>& me
   for (int64_t c = 0; c < C; ++c) {
     const double d = s1[c] / m;
     mean[c] = static_cast<double>(shift[c]) + d;
-    var[c] = std::max(0.0, (s2[c] - s1[c] * d) / m);
+    const double v = (s2[c] - s1[c] * d) / m;
+    var[c] = v < 0 ? 0.0 : v;  // rounding can make it slightly negative; NaN stays NaN (the guard sees it)
   }
 }
 
@@ -375,8 +376,9 @@ std::tuple<Tensor, Tensor> param_grads(const Tensor& x, const optional<Tensor>& 
   const at::ScalarType sd = stats_type(x);
   Tensor dw, db;
   if (mask[1] && has(w)) {
+    // Σ dz·x̂ = invstd·Σ dz·(x − μ); an empty batch (NaN statistics) has a zero gradient
     std::vector<double> v(s.dz_u);
-    for (size_t c = 0; c < v.size(); ++c) v[c] *= invstd[c];
+    for (size_t c = 0; c < v.size(); ++c) v[c] = x.numel() == 0 ? 0.0 : v[c] * invstd[c];
     dw = make_vec(x, w->scalar_type(), v);
   } else {
     dw = at::empty({0}, x.options().dtype(sd));
@@ -400,14 +402,24 @@ void coefficients(const Affine& a, const std::vector<double>& invstd, const std:
 
 }  // namespace
 
+// σ⁻¹ = 1/sqrt(var + ε) as the reference computes it (in the statistics dtype)
+std::vector<double> invstd_from_var(const Tensor& var_t, double eps, int64_t c) {
+  std::vector<double> v = read_vec(var_t, c, 1.0);
+  const bool f64 = var_t.scalar_type() == at::kDouble;
+  for (auto& e : v) {
+    e = f64 ? 1.0 / std::sqrt(e + eps) : static_cast<double>(1.0f / std::sqrt(static_cast<float>(e) + static_cast<float>(eps)));
+  }
+  return v;
+}
+
 std::tuple<Tensor, Tensor, Tensor> bn_backward_cpu(
     const Tensor& dy, const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b, const Tensor& mean,
-    const Tensor& invstd_t, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
+    const Tensor& var_t, double eps, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
   Geometry g;
   Tensor xd = dense_input(x, g);
   Tensor dyd = same_layout(dy, xd);
   const Act act = parse_act(act_s);
-  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = invstd_from_var(var_t, eps, g.c);
   Affine a = affine(invstd, w, b);
   GradSums s;
   Tensor dx = at::empty({0}, x.options()), target;
@@ -492,15 +504,15 @@ Tensor bn_backward_elemt_cpu(
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_backward_from_output_cpu(
-    const Tensor& dy, const Tensor& y, const optional<Tensor>& w, const optional<Tensor>& b, const Tensor& invstd_t,
-    c10::string_view act_s, double slope, std::array<bool, 3> mask) {
+    const Tensor& dy, const Tensor& y, const optional<Tensor>& w, const optional<Tensor>& b, const Tensor& var_t,
+    double eps, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
   const Act act = parse_act(act_s);
   TORCH_CHECK(act == Act::Identity || (act == Act::LeakyReLU && slope > 0),
               "bnlab: the in-place backward needs an invertible activation (identity, or leaky_relu with slope > 0)");
   Geometry g;
   Tensor yd = dense_input(y, g);
   Tensor dyd = same_layout(dy, yd);
-  std::vector<double> invstd = read_vec(invstd_t, g.c, 1.0), zeros(g.c, 0.0);
+  std::vector<double> invstd = invstd_from_var(var_t, eps, g.c), zeros(g.c, 0.0);
   Affine a = affine(invstd, w, b);
   GradSums s;
   Tensor dx = at::empty({0}, y.options()), target;
