@@ -117,7 +117,7 @@ def test_child_env_fixes_the_allocator():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--reps", "1"], "reps must be >= 2"),
+    (["--reps", "1"], "reps and e2e_reps must be >= 2"),
     (["--shapes", "7x8cl"], "channels_last"),
     (["--shapes", "axb"], "bad shape"),
     (["--sections", "layers,gpu"], "unknown section"),

@@ -41,13 +41,14 @@ class BenchConfig:
     shapes: str = field(default=TARGET_SHAPES, metadata={
         "help": "comma-separated NxC[xHxW...] input shapes; suffix 'cl' = channels_last"})
     sections: tuple[str, ...] = field(default=SECTIONS, metadata={"help": f"subset of {SECTIONS}"})
-    reps: int = field(default=15, metadata={"help": "timed rounds per shape and mode (each runs every peer)"})
-    warmup: int = field(default=3, metadata={"help": "untimed rounds first"})
+    reps: int = field(default=9, metadata={"help": "timed rounds per shape and mode (each runs every peer)"})
+    warmup: int = field(default=2, metadata={"help": "untimed rounds first"})
+    e2e_reps: int = field(default=5, metadata={"help": "timed rounds of the batch-1 and SGD-step networks"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
     tiny_calls: int = field(default=200, metadata={"help": "calls per sample of the per-call (4,16,4,4) timing"})
     mmap_threshold: int = field(default=32 * 1024 * 1024, metadata={
         "help": "bytes for MALLOC_MMAP_THRESHOLD_ in the fixed-allocator run (glibc caps it at 32 MiB)"})
-    resnet_batch: int = field(default=16, metadata={"help": "batch of the ResNet-18-style SGD step"})
+    resnet_batch: int = field(default=8, metadata={"help": "batch of the ResNet-18-style SGD step"})
     resnet_size: int = field(default=32, metadata={"help": "image side of the ResNet-18-style SGD step"})
     resnet_width: int = field(default=64, metadata={"help": "channels of the first ResNet stage (ResNet-18: 64)"})
     smoke: bool = field(default=False, metadata={"help": "label the output as a smoke run (not for citing)"})
@@ -56,7 +57,8 @@ class BenchConfig:
     def __post_init__(self):
         bad = sorted(set(self.sections) - set(SECTIONS))
         check(not bad, f"unknown section(s) {bad}; choose among {', '.join(SECTIONS)}")
-        check(self.reps >= 2, f"reps must be >= 2 (a spread needs two samples), got {self.reps}")
+        check(self.reps >= 2 and self.e2e_reps >= 2,
+              f"reps and e2e_reps must be >= 2 (a spread needs two samples), got {self.reps}, {self.e2e_reps}")
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
         check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         check(self.tiny_calls >= 1, f"tiny_calls must be >= 1, got {self.tiny_calls}")
@@ -68,8 +70,8 @@ class BenchConfig:
 
 PRESETS = {
     "full": BenchConfig(),
-    "quick": BenchConfig(shapes="32x64x28x28,64x256x7x7,256x1024,32x64x28x28cl", reps=5, warmup=1,
+    "quick": BenchConfig(shapes="32x64x28x28,64x256x7x7,256x1024,32x64x28x28cl", reps=5, warmup=1, e2e_reps=3,
                          tiny_calls=50, resnet_batch=4, resnet_size=16, resnet_width=16, smoke=True),
-    "tiny": BenchConfig(shapes="4x3x5x5,4x3x5x5cl,16x6", reps=2, warmup=1, tiny_calls=3,
+    "tiny": BenchConfig(shapes="4x3x5x5,4x3x5x5cl,16x6", reps=2, warmup=1, e2e_reps=2, tiny_calls=3,
                         resnet_batch=2, resnet_size=8, resnet_width=4, smoke=True, plot=True),
 }

@@ -68,7 +68,7 @@ def bench_batch1(cfg) -> dict:
                 return clock.stop()
         return run
 
-    secs, _ = interleaved({n: step(m) for n, m in models.items()}, cfg.reps * 2, cfg.warmup + 2)
+    secs, _ = interleaved({n: step(m) for n, m in models.items()}, cfg.e2e_reps * 2, cfg.warmup + 1)
     out = _report(secs)
     out["batchnorm_layers"] = count_batchnorms(models["torch"])
     out["input"] = list(x.shape)
@@ -94,7 +94,7 @@ def bench_sgd_step(cfg) -> dict:
             return clock.stop()
         return run
 
-    secs, _ = interleaved({n: step(m) for n, m in models.items()}, cfg.reps, cfg.warmup)
+    secs, _ = interleaved({n: step(m) for n, m in models.items()}, cfg.e2e_reps, 1)
     out = _report(secs)
     out["ceiling"] = out["speedup"].pop("no_bn")                     # torch / no_bn: BN at zero cost
     out["bn_share_of_torch_step"] = 1.0 - 1.0 / out["ceiling"]["median"]

@@ -35,12 +35,14 @@ def make_input(shape, cl: bool) -> torch.Tensor:
     return x
 
 
-def make_step(mode: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], tuple[float, int]]:
-    """One timed call of ``layer`` in ``mode``; the input is a fresh copy made untimed.
+def make_step(mode: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor,
+              fresh_input: bool = False) -> Callable[[], tuple[float, int]]:
+    """One timed call of ``layer`` in ``mode``: ``(seconds, page faults)``.
 
-    The copy lets in-place layers overwrite their input; every peer gets it, so all
-    see the same memory state. In ``train`` the copy is the child of a leaf that
-    requires grad, so dx is computed as in a network.
+    ``fresh_input``: the layer gets a copy of ``x`` made untimed (in-place layers overwrite
+    their input; give it to every peer of a comparison, so all see the same memory state).
+    In ``train`` the input requires grad (as a copy: the child of a leaf), so dx is
+    computed as in a network.
     """
     clock = Clock()
 
@@ -48,13 +50,14 @@ def make_step(mode: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
         if mode == "eval":
             layer.eval()
             with torch.no_grad():
-                h = x.clone(memory_format=torch.preserve_format)
+                h = x.clone(memory_format=torch.preserve_format) if fresh_input else x
                 clock.start()
                 layer(h)
                 return clock.stop()
         layer.train()
-        leaf = x.detach().requires_grad_()
-        h = leaf.clone(memory_format=torch.preserve_format)
+        h = x.detach().requires_grad_()
+        if fresh_input:
+            h = h.clone(memory_format=torch.preserve_format)
         clock.start()
         layer(h).backward(dy)
         out = clock.stop()
@@ -63,8 +66,17 @@ def make_step(mode: str, layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
     return step
 
 
+def _copy_step(dst: torch.Tensor, x: torch.Tensor, tries: int = 3) -> Callable[[], tuple[float, int]]:
+    """The best of ``tries`` timed ``dst.copy_(x)``: the machine's copy bandwidth this round."""
+    step = timed(lambda: dst.copy_(x))
+
+    def best() -> tuple[float, int]:
+        return min(step() for _ in range(tries))
+    return best
+
+
 def bench_pair(layers: dict[str, nn.Module], shape, cl: bool, reps: int, warmup: int,
-               modes=("train", "eval")) -> dict:
+               modes=("train", "eval"), fresh_input: bool = False) -> dict:
     """Time ``layers`` (first = candidate, last = baseline) on one shape, interleaved with a copy.
 
     Returns per mode: per peer a :func:`summary` plus ``faults_per_step``; the paired
@@ -80,8 +92,8 @@ def bench_pair(layers: dict[str, nn.Module], shape, cl: bool, reps: int, warmup:
     names = list(layers)
     out = {"shape": list(shape), "channels_last": cl, "label": shape_label(shape, cl), "bytes": nbytes}
     for mode in modes:
-        steps = {n: make_step(mode, layers[n], x, dy) for n in names}
-        steps["copy"] = timed(lambda: dst.copy_(x))
+        steps = {n: make_step(mode, layers[n], x, dy, fresh_input) for n in names}
+        steps["copy"] = _copy_step(dst, x)
         secs, faults = interleaved(steps, reps, warmup)
         copy_gbps = 2 * nbytes / summary(secs["copy"])["median_ms"] * 1e3 / 1e9
         best_copy_gbps = 2 * nbytes / min(secs["copy"]) / 1e9
