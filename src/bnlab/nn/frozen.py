@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d, _forward
+from . import batchnorm as _bn
+from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
 
 __all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "freeze_batchnorm"]
 
@@ -70,7 +71,10 @@ class _FrozenBatchNorm(nn.Module):
         return f"bnlab.{type(self).__name__}"
 
     def forward(self, input: Tensor) -> Tensor:
-        return _forward(self, input)
+        if torch.jit.is_scripting():
+            return torch.ops.bnlab.bn_eval(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                           self.eps, "identity", 0.0)
+        return _bn._forward(self, input)                             # one torch.fx node (see batchnorm)
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

@@ -5,6 +5,7 @@ The math is :func:`bnlab.functional.ghost_batch_norm_train`; the mode logic
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .. import functional as F
@@ -54,6 +55,43 @@ class _GhostBatchNorm(_BatchNorm):
         for ok in oks:
             self._note_guard(ok)
         return y
+
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """TorchScript's forward: ghost batches of ``virtual_batch_size`` through ``bnlab::bn_train``."""
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or self.running_mean is None
+        rm = self.running_mean
+        rv = self.running_var
+        if not use_batch:
+            if rm is None or rv is None:
+                raise RuntimeError("running_mean must be defined in evaluation mode")
+            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+        update = self.training and self.track_running_stats
+        urs = self.update_running_stats
+        if urs is not None:
+            update = urs
+        # the sizes of ghost_sizes(): full ghost batches, the remainder merged if it has one value
+        n, k = input.shape[0], self.virtual_batch_size
+        per_sample = input.numel() // max(n * input.shape[1], 1)
+        sizes = [k] * (n // k) if n > k else [n]
+        rest = n - sum(sizes)
+        if rest > 0:
+            if rest * per_sample == 1:
+                sizes[-1] += rest
+            else:
+                sizes.append(rest)
+        ys = []
+        for chunk in torch.split(input, sizes, dim=0):
+            if update and rm is not None:
+                y = torch.ops.bnlab.bn_train(chunk, self.weight, self.bias, rm, rv, self.num_batches_tracked,
+                                             self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
+            else:
+                y = torch.ops.bnlab.bn_train(chunk, self.weight, self.bias, None, None, None, 0.0, self.eps,
+                                             False, "identity", 0.0)[0]
+            ys.append(y)
+        return torch.cat(ys, dim=0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"

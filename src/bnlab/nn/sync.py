@@ -185,6 +185,18 @@ class SyncBatchNorm(_BatchNorm):
             return None
         return ds.sync_group(self.process_group)
 
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """TorchScript's forward: eval mode (Alg. 2) only; training raises (SyncBatchNorm TorchScript cannot run the torch.distributed collectives)."""
+        rm = self.running_mean
+        rv = self.running_var
+        use_batch = self.training or rm is None
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or rm is None
+        if use_batch or rm is None or rv is None:
+            raise RuntimeError("SyncBatchNorm in TorchScript normalizes in eval mode only: TorchScript cannot run the torch.distributed collectives; train it in eager mode, script it in eval mode")
+        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         group = self._sync_group()
