@@ -12,8 +12,9 @@ from .nn import SyncBatchNorm, convert_sync_batchnorm
 from .nn import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
 from .nn import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from .nn import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, freeze_batchnorm
+from .nn import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from .nn import get_norm_layer
-from .surgery import FoldReport, convert_model, fold_batchnorm, recalibrate
+from .surgery import ConvertReport, FoldReport, convert_model, fold_batchnorm, recalibrate
 
 from . import _onnx as _onnx_registration
 from . import errors
@@ -39,6 +40,9 @@ __all__ = [
     "FrozenBatchNorm2d",
     "FrozenBatchNorm3d",
     "freeze_batchnorm",
+    "BatchNormAct1d",
+    "BatchNormAct2d",
+    "BatchNormAct3d",
     "get_norm_layer",
     "fold_batchnorm",
     "FoldReport",
@@ -46,6 +50,7 @@ __all__ = [
     "functional",
     "errors",
     "convert_model",
+    "ConvertReport",
     "set_backend",
     "get_backend",
     "available_backends",
