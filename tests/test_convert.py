@@ -69,10 +69,69 @@ def test_dtype_and_bare_layer():
     assert type(bnlab.convert_model(new, to="torch")) is nn.BatchNorm2d
 
 
-def test_leaves_subclasses_and_other_layers():
+def test_converts_sync_and_leaves_other_norms():
     model = nn.Sequential(nn.SyncBatchNorm(4), nn.GroupNorm(2, 4), nn.LayerNorm(4))
-    out = bnlab.convert_model(model, to="bnlab")
-    assert [type(m) for m in out] == [nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm]
+    out, report = bnlab.convert_model(model, to="bnlab", return_report=True)
+    assert [type(m) for m in out] == [bnlab.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm]
+    assert report.converted == [("0", "SyncBatchNorm", "bnlab.SyncBatchNorm")] and report.skipped == []
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """A minimal look-alike of timm's ``BatchNormAct2d``: BN, then ``drop``, then ``act``."""
+
+    def __init__(self, num_features, act_layer=nn.ReLU, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.drop = nn.Identity()
+        self.act = act_layer()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class _OtherSubclass(nn.BatchNorm2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+@pytest.mark.parametrize("act_layer", [nn.ReLU, nn.SiLU, nn.Identity])
+def test_timm_style_norm_act_keeps_its_activation(act_layer):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=act_layer)).double()
+    model(torch.randn(4, 3, 6, 6, dtype=torch.float64))              # non-trivial statistics
+    ours, report = bnlab.convert_model(model, return_report=True)
+    assert type(ours[1]) is bnlab.BatchNormAct2d and type(ours[1].act) is act_layer
+    assert len(report.converted) == 1 and not report.skipped
+    assert ours.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    for train in (True, False):
+        model.train(train), ours.train(train)
+        torch.testing.assert_close(ours(x), model(x))
+
+
+def test_unknown_subclass_is_left_and_named():
+    model = nn.Sequential(nn.BatchNorm2d(3), _OtherSubclass(3))
+    with pytest.warns(UserWarning, match=r"left 1 BatchNorm layer.*1 \(_OtherSubclass"):
+        out = bnlab.convert_model(model)
+    assert type(out[0]) is bnlab.BatchNorm2d and type(out[1]) is _OtherSubclass
+
+
+def test_variants_back_to_torch_are_left_and_named():
+    model = nn.Sequential(bnlab.BatchNorm2d(3), bnlab.GhostBatchNorm2d(3), bnlab.FrozenBatchNorm2d(3))
+    out, report = bnlab.convert_model(model, to="torch", return_report=True)
+    assert [type(m) for m in out] == [nn.BatchNorm2d, bnlab.GhostBatchNorm2d, bnlab.FrozenBatchNorm2d]
+    assert [name for name, _ in report.skipped] == ["1", "2"] and "no PyTorch equivalent" in report.skipped[0][1]
+    assert "converted 1 BatchNorm layer(s), left 2" in str(report)
+
+
+def test_copy_by_default_inplace_on_request(caplog):
+    """As fold_batchnorm: a converted copy unless inplace=True; the count is logged."""
+    model = make_model()
+    with caplog.at_level("INFO", logger="bnlab"):
+        out = bnlab.convert_model(model)
+    assert out is not model and type(model[1]) is nn.BatchNorm2d and type(out[1]) is bnlab.BatchNorm2d
+    assert "converted 3 BatchNorm layer(s)" in caplog.text
+    same = bnlab.convert_model(model, inplace=True)
+    assert same is model and type(model[1]) is bnlab.BatchNorm2d
 
 
 def test_bad_arguments():

@@ -7,6 +7,7 @@ import torch
 import bnlab
 from bnlab import functional as BF
 from bnlab._stats import channel_mean_var, merge_mean_m2
+from conftest import tolerances
 
 
 def test_large_offset_variance_float32(backend):
@@ -83,3 +84,50 @@ def test_non_contiguous_input(backend):
     assert not x.is_contiguous()
     y = BF.batch_norm(x, None, None, training=True)
     torch.testing.assert_close(y, BF.batch_norm(x.contiguous(), None, None, training=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["BatchNorm1d", "GhostBatchNorm1d"])
+def test_half_buffers_updated_without_overflow_like_torch(name, dtype):
+    """Finite batch whose variance (90000) does not fit float16: torch's running_var is 12000, so is bnlab's.
+
+    The guard's promise holds: the statistics are finite (they are kept in float32/64), so
+    the batch is folded in, not skipped.
+    """
+    ours, theirs = getattr(bnlab, name)(1, dtype=dtype), torch.nn.BatchNorm1d(1, dtype=dtype)
+    x = torch.tensor([[-300.0], [300.0], [-300.0], [300.0]], dtype=dtype)
+    torch.testing.assert_close(ours(x), theirs(x), **tolerances(dtype))
+    assert torch.equal(ours.running_var, theirs.running_var) and torch.isfinite(ours.running_var).all()
+    assert torch.equal(ours.running_mean, theirs.running_mean)
+    assert ours.skipped_batches == 0 and int(ours.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_guard_promise_on_finite_half_batches(dtype):
+    """Many finite half-precision batches: nothing skipped, buffers equal torch's step after step."""
+    ours, theirs = bnlab.BatchNorm2d(3, dtype=dtype), torch.nn.BatchNorm2d(3, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    for scale in (1.0, 3.0, 10.0, 30.0, 100.0):                    # variances up to ~1e4 fit float16
+        x = (torch.randn(4, 3, 2, 2, generator=g) * scale + scale).to(dtype)
+        ours(x), theirs(x)
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, **tolerances(dtype))
+        torch.testing.assert_close(ours.running_var, theirs.running_var, **tolerances(dtype))
+    assert ours.skipped_batches == 0
+
+
+def test_a_transform_call_does_not_switch_the_fast_path_off():
+    """One call under vmap takes the composite path for that call only; later eager calls do not."""
+    from bnlab import kernels as K
+
+    layer = bnlab.BatchNorm2d(3, track_running_stats=False)
+    x = torch.randn(2, 4, 3, 2, 2)
+    layer(x[0])
+    K.reset_path_counts()
+    torch.func.vmap(layer)(x)
+    after_vmap = K.path_counts()
+    assert after_vmap.get(("composite", "functorch"), 0) >= 1
+    layer(x[0])
+    eager = {k: v for k, v in K.path_counts().items() if k[0] != "composite"}
+    assert sum(eager.values()) == 1, K.path_counts()               # the eager call: compiled or reference, counted
+    expected = "reference" if bnlab.get_backend() == "reference" else ("compiled" if "compiled" in bnlab.available_backends() else "reference")
+    assert next(iter(eager))[0] == expected

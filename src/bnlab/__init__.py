@@ -12,8 +12,14 @@ from .nn import SyncBatchNorm, convert_sync_batchnorm
 from .nn import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
 from .nn import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from .nn import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, freeze_batchnorm
+from .nn import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from .nn import get_norm_layer
-from .surgery import FoldReport, convert_model, fold_batchnorm, recalibrate
+from .surgery import ConvertReport, FoldReport, convert_model, fold_batchnorm, recalibrate
+
+from . import _onnx as _onnx_registration
+from . import errors
+
+_onnx_registration.register()          # torch.onnx.export(..., dynamo=False) translates bnlab::bn_eval
 
 __version__ = "0.1.0"
 
@@ -34,12 +40,17 @@ __all__ = [
     "FrozenBatchNorm2d",
     "FrozenBatchNorm3d",
     "freeze_batchnorm",
+    "BatchNormAct1d",
+    "BatchNormAct2d",
+    "BatchNormAct3d",
     "get_norm_layer",
     "fold_batchnorm",
     "FoldReport",
     "recalibrate",
     "functional",
+    "errors",
     "convert_model",
+    "ConvertReport",
     "set_backend",
     "get_backend",
     "available_backends",

@@ -1,151 +1,173 @@
-"""The differentiable Batch Normalization primitives.
+"""The autograd glue of the ``bnlab`` operators when they run without the C++ extension.
 
-``BatchNormTrain`` is the paper's Algorithm 1 (normalize with the mini-batch
-statistics) with the closed-form backward of Section 3; ``BatchNormEval`` is the
-inference transform of Algorithm 2, where the population statistics are constants.
+The C++ extension registers its own autograd kernels (``AutogradCPU``); this module
+registers the same formulas at the ``Autograd`` key, for every other device and for
+CPU when the extension is unavailable:
 
-Both save only what their backward needs: the input and two ``(C,)`` vectors
-(plus the weight). Both backwards are themselves differentiable: when autograd
-asks for a graph of the backward (``create_graph=True``, double backward), the
-gradient is recomputed from the saved input with differentiable tensor ops that
-implement the same closed form, so gradgradcheck holds.
+* ``bn_train``: Alg. 1, backward = Section 3's closed form (``bnlab::bn_backward``);
+* ``bn_eval`` / ``bn_apply``: statistics constant, backward ``bnlab::bn_apply_backward``;
+* ``bn_train_``: In-Place ABN, backward from the output (``bnlab::bn_backward_from_output``);
+* ``bn_stats``: not differentiable.
 
-Forwards and first-order backwards call the ``torch.library`` custom operators of
-:mod:`bnlab.kernels.ops`, so ``torch.compile`` sees one opaque node per BN kernel
-(no graph break) and ``torch.export`` traces a bnlab model; at run time each
-operator runs the backend that :func:`bnlab.kernels.select` picks.
+Each saves only the input (or the output, in place) and ``(C,)`` vectors. When autograd
+records the backward itself (``create_graph=True``), the gradient is computed by the
+differentiable ``bn_backward_graph``/``bn_apply_backward_graph`` instead, so
+gradgradcheck holds. Running statistics never enter the graph.
+
+``BatchNormTrain``/``BatchNormEval`` are the former entry points, kept as thin shims.
 """
 from __future__ import annotations
 
 import torch
 
-from ._stats import broadcast_shape, compute_dtype, count_per_channel, reduce_dims, stats_dtype
-from .kernels import ops
+from ._stats import stats_dtype
+OPS = torch.ops.bnlab                                           # defined in bnlab.kernels._schema
 
-__all__ = ["BatchNormTrain", "BatchNormEval"]
+__all__ = ["register", "BatchNormTrain", "BatchNormEval"]
 
-
-def _cast_grad(g, dtype):
-    return None if g is None or dtype is None else g.to(dtype)
+_AFTER = torch._C._after_autograd_keyset
 
 
-def _dtype(t):
-    return None if t is None else t.dtype
+def _none_unless(grads, mask):
+    return tuple(g if need else None for g, need in zip(grads, mask))
 
 
-class BatchNormTrain(torch.autograd.Function):
-    """y = γ·(x − μ_B)/sqrt(σ²_B + ε) + β with batch statistics (Alg. 1).
+def _redispatch(op, keyset, *args):
+    with torch._C._AutoDispatchBelowAutograd():
+        return op.redispatch(keyset & _AFTER, *args)
 
-    ``BatchNormTrain.apply(x, weight, bias, eps) -> (y, mean, var)``; ``mean`` and the
-    biased ``var`` are returned (non-differentiable) for the running-statistics
-    update. The forward runs the custom operator ``bnlab::batch_norm_train`` (one
-    opaque node for ``torch.compile``/``torch.export``); the backward is Section 3's
-    closed form through ``bnlab::batch_norm_backward``. Saved for backward: x, γ
-    and the two ``(C,)`` vectors μ_B and σ²_B.
-    """
+
+class _Train(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, keyset, x, weight, bias, rm, rv, nbt, momentum, eps, guard, act, act_param):
+        y, mean, var, ok = _redispatch(OPS.bn_train.default, keyset, x, weight, bias, rm, rv, nbt,
+                                       momentum, eps, guard, act, act_param)
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.cfg = (eps, act, act_param)
+        ctx.mark_non_differentiable(mean, var, ok)
+        return y, mean, var, ok
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, var = ops.batch_norm_train(x, weight, bias, float(eps))
-        ctx.save_for_backward(x, weight, mean, var)
-        ctx.eps = float(eps)
-        ctx.param_dtypes = (_dtype(weight), _dtype(bias))
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_mean, _grad_var):
-        x, weight, mean, var = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and weight is not None, ctx.needs_input_grad[2])
-        if not any(needs):
-            return None, None, None, None
-        if torch.is_grad_enabled():
-            # double backward requested: a differentiable rendering of the same formulas
-            dx, dw, db = _train_backward_composite(grad_out, x, weight, ctx.eps, needs)
+    def backward(ctx, dy, _dmean, _dvar, _dok):
+        x, weight, bias, mean, var = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[1], need[2] and weight is not None, need[3] and bias is not None]
+        if not any(mask):
+            return (None,) * 12
+        eps, act, p = ctx.cfg
+        if torch.is_grad_enabled():                                  # double backward
+            grads = OPS.bn_backward_graph(dy, x, weight, bias, eps, act, p, mask)
         else:
-            invstd = torch.rsqrt(var + ctx.eps)                      # σ⁻¹ = 1/sqrt(σ²_B + ε)  (C,)
-            dx, dw, db = ops.batch_norm_backward(grad_out, x, weight, mean, invstd, *needs)
-            dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
-        wd, bd = ctx.param_dtypes
-        return dx, _cast_grad(dw, wd), _cast_grad(db, bd), None
+            grads = OPS.bn_backward(dy, x, weight, bias, mean, var, eps, act, p, mask)
+        return (None, *_none_unless(grads, mask)) + (None,) * 8
 
 
-class BatchNormEval(torch.autograd.Function):
-    """y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with fixed statistics (Alg. 2, step 11).
-
-    ``BatchNormEval.apply(x, mean, var, weight, bias, eps) -> y`` through the custom
-    operator ``bnlab::batch_norm_eval``. ``mean``/``var`` are constants: no gradient
-    flows to them. Saved for backward: x, γ, mean and σ⁻¹.
-    """
+class _Apply(torch.autograd.Function):
+    """bn_apply(x, mean, invstd, γ, β, act, p) and bn_eval(x, rm, rv, γ, β, ε, act, p)."""
 
     @staticmethod
-    def forward(ctx, x, mean, var, weight, bias, eps):
-        y = ops.batch_norm_eval(x, mean, var, weight, bias, float(eps))
-        invstd = torch.rsqrt(var.to(stats_dtype(x.dtype)) + eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.param_dtypes = (_dtype(weight), _dtype(bias))
+    def forward(ctx, keyset, op, x, s1, s2, weight, bias, *rest):
+        y = _redispatch(op, keyset, x, s1, s2, weight, bias, *rest)
+        if op is OPS.bn_eval.default:
+            sd = stats_dtype(x.dtype)
+            mean, invstd = s1.to(sd), torch.rsqrt(s2.to(sd) + rest[0])
+            act, p = rest[1:]
+        else:
+            mean, invstd = s1, s2
+            act, p = rest
+        ctx.save_for_backward(x, weight, bias, mean.detach(), invstd.detach())
+        ctx.cfg = (act, p, len(rest))
         return y
 
     @staticmethod
-    def backward(ctx, grad_out):
-        x, weight, mean, invstd = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3] and weight is not None, ctx.needs_input_grad[4])
-        if not any(needs):
-            return (None,) * 6
-        if torch.is_grad_enabled():
-            dx, dw, db = _eval_backward_composite(grad_out, x, weight, mean, invstd, needs)
-        else:
-            dx, dw, db = ops.batch_norm_backward_eval(grad_out, x, weight, mean, invstd, *needs)
-            dx, dw, db = (_none_if_unneeded(g, n) for g, n in zip((dx, dw, db), needs))
-        wd, bd = ctx.param_dtypes
-        return dx, None, None, _cast_grad(dw, wd), _cast_grad(db, bd), None
+    def backward(ctx, dy):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[2], need[5] and weight is not None, need[6] and bias is not None]
+        act, p, n_rest = ctx.cfg
+        if not any(mask):
+            return (None,) * (7 + n_rest)
+        op = OPS.bn_apply_backward_graph if torch.is_grad_enabled() else OPS.bn_apply_backward
+        dx, dw, db = _none_unless(op(dy, x, mean, invstd, weight, bias, act, p, mask), mask)
+        return (None, None, dx, None, None, dw, db) + (None,) * n_rest
 
 
-def _none_if_unneeded(g, need):
-    return g if need else None
+class _TrainInplace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, keyset, x, weight, bias, rm, rv, nbt, momentum, eps, guard, act, act_param):
+        mean, var, ok = _redispatch(OPS.bn_train_.default, keyset, x, weight, bias, rm, rv, nbt,
+                                    momentum, eps, guard, act, act_param)
+        ctx.mark_dirty(x)
+        ctx.mark_non_differentiable(mean, var, ok)
+        ctx.save_for_backward(x, weight, bias, var)                  # x now holds y
+        ctx.cfg = (eps, act, act_param)
+        return x, mean, var, ok
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar, _dok):
+        y, weight, bias, var = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[1], need[2] and weight is not None, need[3] and bias is not None]
+        if not any(mask):
+            return (None,) * 12
+        eps, act, p = ctx.cfg
+        grads = OPS.bn_backward_from_output(dy, y, weight, bias, var, eps, act, p, mask)
+        return (None, *_none_unless(grads, mask)) + (None,) * 8
 
 
-def _train_backward_composite(dy, x, weight, eps, needs):
-    """Section 3's gradients written with differentiable ops (for double backward).
-
-    The statistics are recomputed from ``x`` so that their dependence on ``x`` is
-    part of the graph: dx = γ·σ⁻¹/m·(m·dy − Σdy − x̂·Σdy·x̂), dγ = Σdy·x̂, dβ = Σdy.
-    """
-    cd = compute_dtype(x.dtype)
-    dims = reduce_dims(x)
-    shape = broadcast_shape(x)
-    m = count_per_channel(x)
-    xc, dyc = x.to(cd), dy.to(cd)
-    mu = xc.mean(dim=dims, keepdim=True)                             # μ_B      (1, C, 1...)
-    var = (xc - mu).pow(2).mean(dim=dims, keepdim=True)              # σ²_B     (1, C, 1...)
-    inv = torch.rsqrt(var + eps)
-    xhat = (xc - mu) * inv                                           # x̂        (N, C, *)
-    sum_dy = dyc.sum(dim=dims, keepdim=True)
-    sum_dy_xhat = (dyc * xhat).sum(dim=dims, keepdim=True)
-    dx = dw = db = None
-    if needs[0]:
-        g = inv if weight is None else inv * weight.to(cd).view(shape)
-        dx = (g / max(m, 1) * (m * dyc - sum_dy - xhat * sum_dy_xhat)).to(x.dtype)
-    if needs[1] and weight is not None:
-        dw = sum_dy_xhat.view(-1)
-    if needs[2]:
-        db = sum_dy.view(-1)
-    return dx, dw, db
+def _train_kernel(keyset, *args):
+    return _Train.apply(keyset, *args)
 
 
-def _eval_backward_composite(dy, x, weight, mean, invstd, needs):
-    """Eval-mode gradients with differentiable ops: dx = γ·σ⁻¹·dy, dγ = Σdy·x̂, dβ = Σdy."""
-    cd = compute_dtype(x.dtype)
-    dims = reduce_dims(x)
-    shape = broadcast_shape(x)
-    dyc = dy.to(cd)
-    inv = invstd.to(cd).view(shape)
-    dx = dw = db = None
-    if needs[0]:
-        g = inv if weight is None else inv * weight.to(cd).view(shape)
-        dx = (dyc * g).to(x.dtype)
-    if needs[1] and weight is not None:
-        dw = (dyc * (x.to(cd) - mean.to(cd).view(shape)) * inv).sum(dim=dims)
-    if needs[2]:
-        db = dyc.sum(dim=dims)
-    return dx, dw, db
+def _train_inplace_kernel(keyset, *args):
+    x, mean, var, ok = _TrainInplace.apply(keyset, *args)
+    return mean, var, ok
+
+
+def _eval_kernel(keyset, *args):
+    return _Apply.apply(keyset, OPS.bn_eval.default, *args)
+
+
+def _apply_kernel(keyset, *args):
+    return _Apply.apply(keyset, OPS.bn_apply.default, *args)
+
+
+def _stats_kernel(keyset, x):
+    return _redispatch(OPS.bn_stats.default, keyset, x)
+
+
+KERNELS = {
+    "bn_train": _train_kernel,
+    "bn_train_": _train_inplace_kernel,
+    "bn_eval": _eval_kernel,
+    "bn_apply": _apply_kernel,
+    "bn_stats": _stats_kernel,
+}
+
+
+def register(lib) -> None:
+    """Register the autograd kernels above at the ``Autograd`` key of ``lib``'s ops."""
+    for name, fn in KERNELS.items():
+        lib.impl(name, fn, "Autograd", with_keyset=True)
+
+
+# ----------------------------------------------------------------------------- former entry points
+class BatchNormTrain:
+    """Former entry point: ``BatchNormTrain.apply(x, weight, bias, eps) -> (y, mean, var)``."""
+
+    @staticmethod
+    def apply(x, weight, bias, eps):
+        from .kernels import bn_train
+
+        y, mean, var, _ok = bn_train(x, weight, bias, None, None, None, 0.0, float(eps), False)
+        return y, mean, var
+
+
+class BatchNormEval:
+    """Former entry point: ``BatchNormEval.apply(x, mean, var, weight, bias, eps) -> y``."""
+
+    @staticmethod
+    def apply(x, mean, var, weight, bias, eps):
+        from .kernels import bn_eval
+
+        return bn_eval(x, mean, var, weight, bias, float(eps))

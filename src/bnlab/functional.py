@@ -8,9 +8,15 @@ Section 3, both in :mod:`bnlab._autograd`; the kernels are chosen by
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
-from ._autograd import BatchNormEval, BatchNormTrain
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from . import kernels as K
+from .errors import (BatchNormDTypeError, BatchNormInputTypeError, BatchNormRankError, BatchNormShapeError,
+                     BatchNormStateError, BatchNormUnsupportedDTypeError)
 from ._stats import channel_mean_var, count_per_channel, stats_dtype, unbiased_from_biased
 
 __all__ = [
@@ -20,35 +26,58 @@ __all__ = [
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)                # tensor types without a __torch_function__ override
 
 
-def check_input(input, running_mean=None, running_var=None, weight=None, bias=None, training=False):
-    """Raise a clear error for any argument ``batch_norm`` cannot use.
+def is_concrete(*tensors) -> bool:
+    """True in plain eager mode on real tensors: Python may read their values.
+
+    False while tracing or compiling (``torch.jit.trace``, ``torch.compile``, ``torch.export``,
+    ``make_fx``), under a dispatch mode (``FakeTensorMode``), inside a functorch transform
+    (``vmap``, ``grad``, ``jvp``) and for tensor subclasses or ``meta`` tensors. Code that
+    would branch on a tensor's value (the non-finite guard, Batch Renorm's schedule) takes
+    a branch-free path then.
+    """
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or _get_current_dispatch_mode() is not None
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or t.device.type == "meta"):
+            return False
+    return True
+
+
+def check_input(input, running_mean=None, running_var=None, weight=None, bias=None, training=False, eps=None):
+    """Raise the error ``torch.nn.functional.batch_norm`` raises for an argument it cannot use.
 
     Called before anything is computed or updated, so that a call that raises
-    leaves running statistics untouched.
+    leaves running statistics untouched. The exception classes of :mod:`bnlab.errors`
+    are PyTorch's types and the Python ones at once (a size mismatch is both
+    ``RuntimeError`` and ``ValueError``). ``eps`` is checked as PyTorch checks it, at
+    the call: positive in training, non-negative in evaluation.
     """
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"batch_norm: input must be a torch.Tensor, got {type(input).__name__}")
+        raise BatchNormInputTypeError(f"batch_norm: input must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
-        raise TypeError(
+        raise BatchNormUnsupportedDTypeError(
             f"batch_norm: expected a floating-point input, got dtype {input.dtype}"
             " (integer, bool and complex tensors cannot be normalized)"
         )
     if input.dim() < 2:
-        raise ValueError(f"batch_norm: expected at least 2D input (N, C, *), got {input.dim()}D input")
+        raise BatchNormRankError(f"batch_norm: expected at least 2D input (N, C, *), got {input.dim()}D input")
     c = input.shape[1]
     if (running_mean is None) != (running_var is None):
-        raise ValueError("batch_norm: running_mean and running_var must be given together or both be None")
+        raise ValueError("batch_norm: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
-        raise ValueError("batch_norm: running_mean and running_var must be defined in evaluation mode")
+        raise BatchNormStateError("batch_norm: running_mean and running_var must be defined in evaluation mode")
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"batch_norm: {name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.numel() != c:
-            raise ValueError(
+            raise BatchNormShapeError(
                 f"batch_norm: {name} should contain {c} elements not {t.numel()}: the input has "
                 f"{c} channels (dim 1) but {name} has {t.numel()} (check num_features)"
             )
@@ -57,12 +86,18 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
                 f"batch_norm: {name} is on {t.device} but the input is on {input.device}; "
                 "move the module and the input to the same device"
             )
-        if t.dtype != input.dtype and not (input.dtype in _HALF and t.dtype == torch.float32):
-            raise TypeError(
-                f"batch_norm: {name} has dtype {t.dtype} but the input has dtype {input.dtype}; "
+        # an empty batch is returned empty whatever the dtypes (as in PyTorch)
+        if t.dtype != input.dtype and not (input.dtype in _HALF and t.dtype == torch.float32) and input.numel():
+            raise BatchNormDTypeError(
+                f"batch_norm: mixed dtype: {name} has dtype {t.dtype} but the input has dtype {input.dtype}; "
                 "parameters and statistics must share the input's dtype (or be float32 for "
                 "float16/bfloat16 input)"
             )
+    if eps is not None:
+        if training and not eps > 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+        if not eps >= 0.0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if training:
         m = count_per_channel(input)
         if m == 1:
@@ -78,24 +113,86 @@ def update_running_stats(running_mean, running_var, mean, var, m, momentum):
     running_mean ← (1 − momentum)·running_mean + momentum·μ_B
     running_var  ← (1 − momentum)·running_var  + momentum·m/(m−1)·σ²_B
 
-    In place and outside autograd: the buffers never carry graph history. A batch
-    with ``m == 0`` values per channel changes nothing (as in PyTorch).
+    In place and outside autograd: the buffers never carry graph history. The
+    arithmetic is float64 and only the result is rounded to the buffers' dtype, so
+    float16/bfloat16 buffers do not overflow on a batch whose variance does not fit
+    them (PyTorch's rounding). ``momentum`` is a float or a 0-d tensor (traced code).
+    A batch with ``m == 0`` values per channel changes nothing (as in PyTorch).
     """
     if running_mean is None or m == 0:
         return
-    unbiased = unbiased_from_biased(var, m)
-    running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    f64 = torch.float64
+    w = momentum.to(f64) if isinstance(momentum, torch.Tensor) else momentum
+    unbiased = unbiased_from_biased(var.to(f64), m)
+    # running ← running + w·(statistic − running): the operator ``bnlab::bn_train``'s own step
+    for buf, stat in ((running_mean, mean.to(f64)), (running_var, unbiased)):
+        old = buf.to(f64)
+        buf.copy_(old + w * (stat - old))
+
+
+def _empty_output(input, weight, bias):
+    """The output for an input with no elements: empty, in the input's dtype, on the graph."""
+    y = input.clone()
+    for p in (weight, bias):
+        if p is not None and p.requires_grad:
+            y = y + p.sum().to(input.dtype) * 0                      # keeps γ, β on the graph (zero gradient)
+    return y
+
+
+def _mixed(input, *tensors) -> bool:
+    return any(t is not None and t.dtype != input.dtype for t in tensors)
 
 
 def batch_norm_train(input, weight, bias, eps):
     """Alg. 1 on a checked input: returns ``(y, μ_B, σ²_B)``, the statistics detached."""
-    return BatchNormTrain.apply(input, weight, bias, eps)
+    if input.numel() == 0 and _mixed(input, weight, bias):
+        # nothing to normalize, and PyTorch accepts any dtypes then: an empty output
+        c, sd = input.shape[1], stats_dtype(input.dtype)
+        return _empty_output(input, weight, bias), input.new_zeros(c, dtype=sd), input.new_zeros(c, dtype=sd)
+    y, mean, var, _ok = K.bn_train(input, weight, bias, None, None, None, 0.0, float(eps), False)
+    return y, mean, var
+
+
+def batch_norm_train_tracked(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                             momentum, eps, guard=True):
+    """Alg. 1 and the running-statistics update in one operator call: returns ``(y, ok)``.
+
+    ``running_mean``/``running_var`` (and ``num_batches_tracked``, which may be None
+    unless ``momentum`` is None) are updated in place, in float64 and rounded once to
+    their dtype, unless ``guard`` is set and the batch statistics are not finite; then
+    ``ok`` (a 0-d bool tensor) is False and nothing changed.
+    """
+    if input.numel() == 0 and _mixed(input, weight, bias, running_mean, running_var):
+        y, _mean, _var = batch_norm_train(input, weight, bias, eps)
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)                              # an empty batch counts (as in PyTorch)
+        return y, torch.ones((), dtype=torch.bool, device=input.device)
+    y, _mean, _var, ok = K.bn_train(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                                    momentum, float(eps), bool(guard))
+    return y, ok
 
 
 def batch_norm_eval(input, mean, var, weight, bias, eps):
-    """Alg. 2's inference transform with the given constant statistics."""
-    return BatchNormEval.apply(input, mean.detach(), var.detach(), weight, bias, eps)
+    """Alg. 2's inference transform with the given constant statistics.
+
+    While ``torch.onnx.export(..., dynamo=True)`` captures the model, the transform is
+    recorded as ATen's inference batch norm, which the exporter writes as ONNX's
+    standard ``BatchNormalization`` node (only the graph is built; nothing is computed
+    by it). The TorchScript-based exporter (``dynamo=False``) records bnlab's own
+    operator, which :mod:`bnlab._onnx` translates to the same node.
+    """
+    if input.numel() == 0 and _mixed(input, mean, var, weight, bias):
+        return _empty_output(input, weight, bias)
+    if _onnx_capture():
+        return torch.ops.aten._native_batch_norm_legit_no_training.default(
+            input, weight, bias, mean.detach(), var.detach(), 0.0, float(eps))[0]
+    return K.bn_eval(input, mean.detach(), var.detach(), weight, bias, float(eps))
+
+
+def _onnx_capture() -> bool:
+    """True while the ONNX exporter (``dynamo=True``) captures a graph with ``torch.export``."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
@@ -134,11 +231,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
     Reducing Internal Covariate Shift", ICML 2015.
     """
-    check_input(input, running_mean, running_var, weight, bias, training)
+    check_input(input, running_mean, running_var, weight, bias, training, eps)
     if training:
-        y, mean, var = batch_norm_train(input, weight, bias, eps)
-        update_running_stats(running_mean, running_var, mean, var, count_per_channel(input), momentum)
-        return y
+        # momentum is a float here (functional form): no count needed
+        return batch_norm_train_tracked(input, weight, bias, running_mean, running_var, None,
+                                        momentum, eps, guard=False)[0]
     return batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
 
 
@@ -175,7 +272,8 @@ def batch_renorm_train(input, weight, bias, eps, running_mean, running_var, r_ma
     dγ = Σ dy·(r·x̂ + d), dβ = Σ dy). Without running statistics, or with
     ``r_max == 1`` and ``d_max == 0``, this *is* Batch Normalization (r = 1, d = 0).
     """
-    if running_mean is None or (r_max == 1.0 and d_max == 0.0):
+    plain = not isinstance(r_max, torch.Tensor) and r_max == 1.0 and d_max == 0.0
+    if running_mean is None or plain:
         return batch_norm_train(input, weight, bias, eps)
     # μ_B, σ²_B (float64, biased) to form the corrections before normalizing
     mean_b, var_b = channel_mean_var(input.detach())                 # (C,), (C,)
@@ -241,7 +339,7 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
     Batch-Normalized Models", NeurIPS 2017.
     """
-    check_input(input, running_mean, running_var, weight, bias, training)
+    check_input(input, running_mean, running_var, weight, bias, training, eps)
     if not r_max >= 1.0 or not d_max >= 0.0:
         raise ValueError(f"batch_renorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
     if not training:
@@ -280,22 +378,27 @@ def ghost_sizes(input, virtual_batch_size):
     return sizes
 
 
-def ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size):
-    """Alg. 1 applied to each ghost batch: returns ``(y, [(μ_k, σ²_k, m_k), ...])``.
+def ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size, running_mean=None, running_var=None,
+                           num_batches_tracked=None, momentum=0.1, guard=True):
+    """Alg. 1 applied to each ghost batch: returns ``(y, oks)``.
 
-    The statistics of ghost batch k (biased variance, ``m_k`` values per channel)
-    come back in order, detached, for the running-statistics update.
+    With running statistics, each ghost batch k is folded into them in order (one
+    moving-average step each, guarded on its own): ``oks[k]`` is its guard's verdict
+    (a 0-d bool tensor; True without running statistics).
     """
     sizes = ghost_sizes(input, virtual_batch_size)
-    if len(sizes) == 1:
-        y, mean, var = batch_norm_train(input, weight, bias, eps)
-        return y, [(mean, var, count_per_channel(input))]
-    ys, stats = [], []
-    for chunk in torch.split(input, sizes, dim=0):                  # (n_k, C, *)
-        y_k, mean_k, var_k = batch_norm_train(chunk, weight, bias, eps)
+    chunks = [input] if len(sizes) == 1 else torch.split(input, sizes, dim=0)     # (n_k, C, *)
+    ys, oks = [], []
+    for chunk in chunks:
+        if running_mean is None:
+            y_k = batch_norm_train(chunk, weight, bias, eps)[0]
+            ok = torch.ones((), dtype=torch.bool, device=input.device)
+        else:
+            y_k, ok = batch_norm_train_tracked(chunk, weight, bias, running_mean, running_var,
+                                               num_batches_tracked, momentum, eps, guard)
         ys.append(y_k)
-        stats.append((mean_k, var_k, count_per_channel(chunk)))
-    return torch.cat(ys, dim=0), stats
+        oks.append(ok)
+    return (ys[0] if len(ys) == 1 else torch.cat(ys, dim=0)), oks
 
 
 def ghost_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
@@ -316,10 +419,8 @@ def ghost_batch_norm(input, running_mean, running_var, weight=None, bias=None, t
     Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.
     """
-    check_input(input, running_mean, running_var, weight, bias, training)
+    check_input(input, running_mean, running_var, weight, bias, training, eps)
     if not training:
         return batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
-    y, stats = ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size)
-    for mean, var, m in stats:
-        update_running_stats(running_mean, running_var, mean, var, m, momentum)
-    return y
+    return ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size, running_mean, running_var,
+                                  None, momentum, guard=False)[0]

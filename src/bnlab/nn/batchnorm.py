@@ -1,122 +1,40 @@
 """Batch Normalization layers: drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``.
 
-``_NormBase`` owns parameters, buffers and their state_dict conventions;
-``_BatchNorm`` owns the mode logic (which statistics normalize, which get updated);
-the math is in :mod:`bnlab.functional`. Constructor, buffers, state_dict keys,
-``_version`` and numbers match PyTorch's, so checkpoints load both ways.
+bnlab's layers *are* PyTorch BatchNorm layers to every tool that asks:
+``bnlab.BatchNorm2d`` subclasses ``torch.nn.BatchNorm2d`` (as timm's ``BatchNormAct2d``
+does), so ``isinstance`` checks (``torch.optim.swa_utils.update_bn``, weight-decay
+splits, ``torch.func.replace_all_batch_norm_modules_``, freeze patterns) see them.
+PyTorch's ``_NormBase`` supplies the constructor, parameters, buffers and the
+state_dict conventions (``_version`` 2); bnlab's ``_BatchNorm`` overrides the mode
+logic (which statistics normalize, which get updated) and the math, which is in
+:mod:`bnlab.functional` — no PyTorch batch-norm kernel runs.
 """
-from __future__ import annotations
-
 import warnings
 
 import torch
+import torch.fx
 from torch import Tensor, nn
-from torch.nn import init
 
 from .. import functional as F
 from .._stats import count_per_channel
+from ..errors import BatchNormInputTypeError
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
-
-class _NormBase(nn.Module):
-    """Parameters (γ, β), buffers (running statistics) and their persistence."""
-
-    # version 2 added num_batches_tracked (as in PyTorch); older checkpoints load with 0
-    _version = 2
-    __constants__ = ["track_running_stats", "momentum", "eps", "num_features", "affine"]
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        bias: bool = True,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(
-                f"momentum must be in [0, 1] (PyTorch convention: weight of the new batch), got {momentum}"
-            )
-        if not eps >= 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
-            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, ``num_batches_tracked`` 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, γ = 1 and β = 0."""
-        self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
-        )
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        version = local_metadata.get("version", None)
-        if (version is None or version < 2) and self.track_running_stats:
-            # checkpoints written before num_batches_tracked existed load with a count of 0
-            key = prefix + "num_batches_tracked"
-            if key not in state_dict:
-                nbt = self.num_batches_tracked
-                state_dict[key] = (
-                    nbt if nbt is not None and nbt.device != torch.device("meta")
-                    else torch.tensor(0, dtype=torch.long)
-                )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+_TorchBatchNorm = nn.modules.batchnorm._BatchNorm
 
 
-class _BatchNorm(_NormBase):
+def _forward(module: nn.Module, input: Tensor) -> Tensor:
+    """``module``'s forward. ``torch.fx`` records a call to it as one graph node."""
+    return module._forward_impl(input)
+
+
+# symbolic_trace records bnlab layers as one call_function node each (the layer's own
+# Python checks and branches need real tensors); the GraphModule calls the layer at run time
+torch.fx.wrap("_forward")
+
+
+class _BatchNorm(_TorchBatchNorm):
     """Mode logic shared by every bnlab BatchNorm layer.
 
     Two switches decide what a forward does, each ``None`` (follow the module's
@@ -135,13 +53,31 @@ class _BatchNorm(_NormBase):
     warns once. For finite input the behaviour is exactly PyTorch's.
     """
 
-    # Policy defaults live on the class: an instance (or an old pickle) that never set
-    # them reads these; assigning on an instance overrides them for that layer only.
+    # Policy defaults live on the class: an old pickle that never set them reads these;
+    # __init__ copies them onto the instance (where TorchScript finds module attributes).
     use_batch_stats: bool | None = None
     update_running_stats: bool | None = None
     nonfinite_guard: bool = True
     skipped_batches: int = 0
     _warned_nonfinite: bool = False
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        # PyTorch's constructor (and its leniency: eps and momentum are checked at use, as there)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        cls = type(self)
+        self.use_batch_stats, self.update_running_stats = cls.use_batch_stats, cls.update_running_stats
+        self.nonfinite_guard, self.skipped_batches = cls.nonfinite_guard, 0
 
     def _uses_batch_stats(self) -> bool:
         if self.use_batch_stats is not None:
@@ -155,25 +91,86 @@ class _BatchNorm(_NormBase):
             return bool(self.update_running_stats)
         return self.training and self.track_running_stats
 
+    def _get_name(self) -> str:
+        # the repr names the implementation: ``bnlab.BatchNorm2d(8, eps=1e-05, ...)``
+        return f"bnlab.{type(self).__name__}"
+
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input)
+        return _forward(self, input)
+
+    def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch = self._uses_batch_stats()
         # every check happens before any state changes: a bad call leaves the buffers as they were
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch)
+        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
+                      eps=self.eps)
         if not use_batch:
             # Alg. 2: y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with the population estimates
             return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
-        # Alg. 1 with the mini-batch statistics μ_B, σ²_B
-        y, mean, var = F.batch_norm_train(input, self.weight, self.bias, self.eps)
-        if self._updates_running_stats():
-            self._track(mean, var, count_per_channel(input))
+        # Alg. 1 with the mini-batch statistics μ_B, σ²_B; the operator folds them into the
+        # running ones in place (guarded) when this layer updates them
+        if not self._updates_running_stats():
+            return F.batch_norm_train(input, self.weight, self.bias, self.eps)[0]
+        y, ok = F.batch_norm_train_tracked(
+            input, self.weight, self.bias, self.running_mean, self.running_var, self.num_batches_tracked,
+            self.momentum, self.eps, self.nonfinite_guard)
+        self._note_guard(ok)
         return y
+
+    def _note_guard(self, ok: Tensor) -> None:
+        """Count (and warn once about) a batch the guard kept out of the running statistics.
+
+        Reads ``ok`` only in plain eager mode on real tensors; in traced code the guard
+        still acts (inside the operator) but cannot be counted.
+        """
+        if not self.nonfinite_guard or not F.is_concrete(ok) or bool(ok):
+            return
+        self.skipped_batches += 1
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(
+                f"{type(self).__name__}: a batch with non-finite statistics was not folded into "
+                "the running statistics (counted in .skipped_batches; set nonfinite_guard=False "
+                "to disable)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """The forward TorchScript compiles: the same policy, the same ``bnlab`` operators.
+
+        No Python-side guard bookkeeping (``skipped_batches``); the guard itself acts
+        inside ``bnlab::bn_train``.
+        """
+        if input.dim() < 2:
+            raise ValueError("expected at least 2D input")
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or self.running_mean is None
+        rm = self.running_mean
+        rv = self.running_var
+        if not use_batch:
+            if rm is None or rv is None:
+                raise RuntimeError("running_mean must be defined in evaluation mode")
+            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+        update = self.training and self.track_running_stats
+        urs = self.update_running_stats
+        if urs is not None:
+            update = urs
+        if update and rm is not None:
+            return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
+                                            self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
+        return torch.ops.bnlab.bn_train(input, self.weight, self.bias, None, None, None, 0.0, self.eps,
+                                        False, "identity", 0.0)[0]
 
     @torch.no_grad()
     def _track(self, mean: Tensor, var: Tensor, m: int) -> None:
         """Fold one batch's statistics into the running ones (in place, outside autograd)."""
-        if (torch.compiler.is_compiling() and m > 0
-                and type(self)._update_buffers is _BatchNorm._update_buffers):
+        if m > 0 and not F.is_concrete(mean, var, self.running_mean):
+            # tracing, compiling, fake/meta tensors, functorch: no Python branch on data
             self._track_traceable(mean, var, m)
             return
         if m > 0 and self.nonfinite_guard and not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
@@ -196,29 +193,30 @@ class _BatchNorm(_NormBase):
         self._update_buffers(mean, var, m, factor)
 
     def _track_traceable(self, mean: Tensor, var: Tensor, m: int) -> None:
-        """``_track`` without data-dependent Python branches, for ``torch.compile``/``export``.
+        """``_track`` without data-dependent Python branches (tracing, compile, export, fake/meta).
 
-        The guard becomes a mask: a non-finite batch leaves the buffers and the count
-        as they were (``where``), but it cannot be counted in ``skipped_batches`` nor
-        warned about from inside a compiled graph.
+        The guard becomes a mask: a non-finite batch enters the moving average with
+        weight 0 (its statistics replaced by finite zeros first, so that no NaN
+        reaches the buffers) and does not advance ``num_batches_tracked``; it cannot
+        be counted in ``skipped_batches`` nor warned about from inside a graph.
         """
         if self.nonfinite_guard:
             ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+            mean, var = torch.where(ok, mean, 0.0), torch.where(ok, var, 0.0)
         else:
             ok = torch.ones((), dtype=torch.bool, device=mean.device)
         self.num_batches_tracked.add_(ok.long())
-        rm, rv = self.running_mean, self.running_var
         if self.momentum is None:                                    # cumulative moving average
-            w = ok.to(rm.dtype) / self.num_batches_tracked.clamp_min(1).to(rm.dtype)
+            factor = ok.double() / self.num_batches_tracked.clamp_min(1).double()
         else:                                                        # exponential moving average
-            w = ok.to(rm.dtype) * self.momentum
-        unbiased = var * (m / (m - 1)) if m > 1 else var
-        # running ← (1 − w)·running + w·statistic; a skipped batch contributes the running value itself
-        rm.lerp_(torch.where(ok, mean.to(rm.dtype), rm), w)
-        rv.lerp_(torch.where(ok, unbiased.to(rv.dtype), rv), w)
+            factor = ok.double() * self.momentum
+        self._update_buffers(mean, var, m, factor)
 
-    def _update_buffers(self, mean: Tensor, var: Tensor, m: int, factor: float) -> None:
-        """The moving-average step itself (variants such as Batch Renorm override it)."""
+    def _update_buffers(self, mean: Tensor, var: Tensor, m: int, factor) -> None:
+        """The moving-average step itself (variants such as Batch Renorm override it).
+
+        ``factor`` is the weight of the new batch: a float, or a 0-d tensor in traced code.
+        """
         F.update_running_stats(self.running_mean, self.running_var, mean, var, m, factor)
 
 
@@ -270,7 +268,7 @@ def _doc(name: str, ndim: str, over: str, shape: str, example: str) -> str:
 
 def _dim_error(input, allowed: tuple[int, ...]) -> None:
     if not isinstance(input, Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
+        raise BatchNormInputTypeError(f"expected a torch.Tensor, got {type(input).__name__}")
     if input.dim() not in allowed:
         want = " or ".join(f"{d}D" for d in allowed)
         raise ValueError(f"expected {want} input (got {input.dim()}D input)")
@@ -297,13 +295,13 @@ class _Input3d:
         _dim_error(input, (5,))
 
 
-class BatchNorm1d(_Input1d, _BatchNorm):
+class BatchNorm1d(_Input1d, _BatchNorm, nn.BatchNorm1d):
     __doc__ = _doc("BatchNorm1d", "2D or 3D", "the batch (and length) dimensions", "(N, C) or (N, C, L)", "20, 100")
 
 
-class BatchNorm2d(_Input2d, _BatchNorm):
+class BatchNorm2d(_Input2d, _BatchNorm, nn.BatchNorm2d):
     __doc__ = _doc("BatchNorm2d", "4D", "(N, H, W)", "(N, C, H, W)", "20, 100, 35, 45")
 
 
-class BatchNorm3d(_Input3d, _BatchNorm):
+class BatchNorm3d(_Input3d, _BatchNorm, nn.BatchNorm3d):
     __doc__ = _doc("BatchNorm3d", "5D", "(N, D, H, W)", "(N, C, D, H, W)", "20, 100, 35, 45, 10")

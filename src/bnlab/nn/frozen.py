@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
+from . import batchnorm as _bn
 from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
 
 __all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "freeze_batchnorm"]
@@ -66,9 +67,19 @@ class _FrozenBatchNorm(nn.Module):
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
 
+    def _get_name(self) -> str:
+        return f"bnlab.{type(self).__name__}"
+
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.bnlab.bn_eval(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                           self.eps, "identity", 0.0)
+        return _bn._forward(self, input)                             # one torch.fx node (see batchnorm)
+
+    def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=False)
+        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                      eps=self.eps)
         # Alg. 2 regardless of self.training: y = γ·(x − E[x])/sqrt(Var[x] + ε) + β
         return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
 

@@ -5,7 +5,8 @@ The math is :func:`bnlab.functional.ghost_batch_norm_train`; the mode logic
 """
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .. import functional as F
 from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
@@ -36,20 +37,61 @@ class _GhostBatchNorm(_BatchNorm):
             num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch = self._uses_batch_stats()
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch)
+        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
+                      eps=self.eps)
         if not use_batch:
             # Alg. 2: the population statistics, exactly as BatchNorm
             return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         # Alg. 1 on each ghost batch x_k = x[s_k : s_k + n_k]           # (n_k, C, *)
-        y, stats = F.ghost_batch_norm_train(input, self.weight, self.bias, self.eps, self.virtual_batch_size)
-        if self._updates_running_stats():
-            # one moving-average step per ghost batch, in order (each one guarded)
-            for mean, var, m in stats:
-                self._track(mean, var, m)
+        if not self._updates_running_stats():
+            return F.ghost_batch_norm_train(input, self.weight, self.bias, self.eps, self.virtual_batch_size)[0]
+        # one moving-average step per ghost batch, in order (each one guarded)
+        y, oks = F.ghost_batch_norm_train(
+            input, self.weight, self.bias, self.eps, self.virtual_batch_size, self.running_mean,
+            self.running_var, self.num_batches_tracked, self.momentum, self.nonfinite_guard)
+        for ok in oks:
+            self._note_guard(ok)
         return y
+
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """TorchScript's forward: ghost batches of ``virtual_batch_size`` through ``bnlab::bn_train``."""
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or self.running_mean is None
+        rm = self.running_mean
+        rv = self.running_var
+        if not use_batch:
+            if rm is None or rv is None:
+                raise RuntimeError("running_mean must be defined in evaluation mode")
+            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+        update = self.training and self.track_running_stats
+        urs = self.update_running_stats
+        if urs is not None:
+            update = urs
+        # the sizes of ghost_sizes(): full ghost batches, the remainder merged if it has one value
+        n, k = input.shape[0], self.virtual_batch_size
+        per_sample = input.numel() // max(n * input.shape[1], 1)
+        sizes = [k] * (n // k) if n > k else [n]
+        rest = n - sum(sizes)
+        if rest > 0:
+            if rest * per_sample == 1:
+                sizes[-1] += rest
+            else:
+                sizes.append(rest)
+        ys = []
+        for chunk in torch.split(input, sizes, dim=0):
+            if update and rm is not None:
+                y = torch.ops.bnlab.bn_train(chunk, self.weight, self.bias, rm, rv, self.num_batches_tracked,
+                                             self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
+            else:
+                y = torch.ops.bnlab.bn_train(chunk, self.weight, self.bias, None, None, None, 0.0, self.eps,
+                                             False, "identity", 0.0)[0]
+            ys.append(y)
+        return torch.cat(ys, dim=0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
@@ -94,16 +136,16 @@ _DOC = r"""Ghost Batch Normalization over a {ndim} input (Hoffer et al., 2017).
     """
 
 
-class GhostBatchNorm1d(_Input1d, _GhostBatchNorm):
+class GhostBatchNorm1d(_Input1d, _GhostBatchNorm, nn.BatchNorm1d):
     __doc__ = _DOC.format(ndim="2D or 3D", over="(n_k, L)", shape="(N, C) or (N, C, L)", name="GhostBatchNorm1d",
                           example="64, 100")
 
 
-class GhostBatchNorm2d(_Input2d, _GhostBatchNorm):
+class GhostBatchNorm2d(_Input2d, _GhostBatchNorm, nn.BatchNorm2d):
     __doc__ = _DOC.format(ndim="4D", over="(n_k, H, W)", shape="(N, C, H, W)", name="GhostBatchNorm2d",
                           example="64, 100, 8, 8")
 
 
-class GhostBatchNorm3d(_Input3d, _GhostBatchNorm):
+class GhostBatchNorm3d(_Input3d, _GhostBatchNorm, nn.BatchNorm3d):
     __doc__ = _DOC.format(ndim="5D", over="(n_k, D, H, W)", shape="(N, C, D, H, W)", name="GhostBatchNorm3d",
                           example="64, 100, 4, 8, 8")

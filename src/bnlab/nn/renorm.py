@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .. import functional as F
 from .._stats import count_per_channel
@@ -28,6 +29,14 @@ def _ramp(step: int, start: int, end: int) -> float:
     if end <= start:
         return 1.0
     return min((step - start) / (end - start), 1.0)
+
+
+def _ramp_tensor(step: Tensor, start: int, end: int) -> Tensor:
+    """:func:`_ramp` on a 0-d tensor step, without data-dependent branches."""
+    t = step.to(torch.float64)
+    if end <= start:
+        return (t >= start).to(torch.float64)
+    return ((t - start) / (end - start)).clamp(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,16 @@ class RenormSchedule:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    def limits(self, step: int) -> tuple[float, float]:
-        """``(r_max(t), d_max(t))`` at training step ``t``."""
-        r = 1.0 + (self.r_max - 1.0) * _ramp(step, self.warmup_steps, self.r_max_steps)
-        d = self.d_max * _ramp(step, self.warmup_steps, self.d_max_steps)
+    def limits(self, step):
+        """``(r_max(t), d_max(t))`` at training step ``t``.
+
+        ``step`` is an int, or a 0-d tensor in traced code (``torch.compile``, export,
+        fake tensors), for which the limits come back as float64 0-d tensors computed
+        without reading the step's value.
+        """
+        ramp = _ramp_tensor if isinstance(step, torch.Tensor) else _ramp
+        r = 1.0 + (self.r_max - 1.0) * ramp(step, self.warmup_steps, self.r_max_steps)
+        d = self.d_max * ramp(step, self.warmup_steps, self.d_max_steps)
         return r, d
 
 
@@ -102,14 +117,28 @@ class _BatchRenorm(_BatchNorm):
         running statistics), so it is saved and restored with the state_dict.
         Without running statistics the layer is plain BN: ``(1.0, 0.0)``.
         """
-        if self.num_batches_tracked is None:
+        nbt = self.num_batches_tracked
+        if nbt is None:
             return 1.0, 0.0
-        return self.schedule.limits(int(self.num_batches_tracked))
+        return self.schedule.limits(int(nbt) if F.is_concrete(nbt) else nbt)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """TorchScript's forward: eval mode (Alg. 2) only; training raises (BatchRenorm its r/d corrections and σ moving average are not compiled to TorchScript)."""
+        rm = self.running_mean
+        rv = self.running_var
+        use_batch = self.training or rm is None
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or rm is None
+        if use_batch or rm is None or rv is None:
+            raise RuntimeError("BatchRenorm in TorchScript normalizes in eval mode only: its r/d corrections and σ moving average are not compiled to TorchScript; train it in eager mode or with torch.compile, script it in eval mode")
+        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+
+    def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch = self._uses_batch_stats()
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch)
+        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
+                      eps=self.eps)
         if not use_batch:
             # inference: y = γ·(x − μ)/σ + β with σ = sqrt(running_var + ε)
             return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
@@ -185,16 +214,16 @@ _DOC = r"""Batch Renormalization over a {ndim} input (Ioffe, 2017).
     """
 
 
-class BatchRenorm1d(_Input1d, _BatchRenorm):
+class BatchRenorm1d(_Input1d, _BatchRenorm, nn.BatchNorm1d):
     __doc__ = _DOC.format(name="BatchRenorm1d", ndim="2D or 3D", over="(N, L)", shape="(N, C) or (N, C, L)",
                           example="20, 100")
 
 
-class BatchRenorm2d(_Input2d, _BatchRenorm):
+class BatchRenorm2d(_Input2d, _BatchRenorm, nn.BatchNorm2d):
     __doc__ = _DOC.format(name="BatchRenorm2d", ndim="4D", over="(N, H, W)", shape="(N, C, H, W)",
                           example="20, 100, 35, 45")
 
 
-class BatchRenorm3d(_Input3d, _BatchRenorm):
+class BatchRenorm3d(_Input3d, _BatchRenorm, nn.BatchNorm3d):
     __doc__ = _DOC.format(name="BatchRenorm3d", ndim="5D", over="(N, D, H, W)", shape="(N, C, D, H, W)",
                           example="20, 100, 35, 45, 10")

@@ -185,11 +185,23 @@ class SyncBatchNorm(_BatchNorm):
             return None
         return ds.sync_group(self.process_group)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """TorchScript's forward: eval mode (Alg. 2) only; training raises (SyncBatchNorm TorchScript cannot run the torch.distributed collectives)."""
+        rm = self.running_mean
+        rv = self.running_var
+        use_batch = self.training or rm is None
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or rm is None
+        if use_batch or rm is None or rv is None:
+            raise RuntimeError("SyncBatchNorm in TorchScript normalizes in eval mode only: TorchScript cannot run the torch.distributed collectives; train it in eager mode, script it in eval mode")
+        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+
+    def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         group = self._sync_group()
         if group is None:
-            return super().forward(input)                            # local Alg. 1 / Alg. 2
+            return super()._forward_impl(input)                      # local Alg. 1 / Alg. 2
         # dtype/device/size checks before any collective or state change; the "more than
         # one value per channel" check concerns the global m (below), so check an empty view
         F.check_input(input.narrow(0, 0, 0), self.running_mean, self.running_var, self.weight, self.bias,
@@ -220,7 +232,9 @@ _POLICY = ("use_batch_stats", "update_running_stats", "nonfinite_guard", "skippe
 
 
 def _is_convertible(module: nn.Module) -> bool:
-    return type(module) in _BNLAB_CONVERTIBLE or isinstance(module, nn.modules.batchnorm._BatchNorm)
+    if isinstance(module, _BatchNorm):                               # bnlab's: plain BN only
+        return type(module) in _BNLAB_CONVERTIBLE
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)       # PyTorch's, as its own converter
 
 
 def _to_sync(layer: nn.Module, process_group) -> SyncBatchNorm:

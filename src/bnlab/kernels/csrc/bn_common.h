@@ -1,0 +1,318 @@
+// Shared pieces of the bnlab CPU kernels: memory layouts, vector loads in the math
+// dtype, the fused activations, and the two loop shapes every kernel is made of.
+//
+// Layouts. An input (N, C, *) is viewed in memory order as one of
+//   CF  "channels first": rows (n, c) of S = prod(*) contiguous values;
+//   CL  "channels last" : rows r = 0..N*S-1 of C contiguous values (channel axis innermost:
+//                         (N, C), channels_last 2d/3d, or any (N, C, *) with S == 1).
+// Math runs in opmath (float for float/half/bfloat16, double for double) with
+// at::vec::Vectorized; sums are flushed into double accumulators every few dozen terms.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/irange.h>
+
+#include <array>
+#include <cmath>
+#include <string_view>
+#include <vector>
+
+namespace bnlab {
+
+using at::Tensor;
+
+enum class Act { Identity, ReLU, LeakyReLU, SiLU };
+
+inline Act parse_act(c10::string_view s) {
+  if (s == "identity") return Act::Identity;
+  if (s == "relu") return Act::ReLU;
+  if (s == "leaky_relu") return Act::LeakyReLU;
+  if (s == "silu") return Act::SiLU;
+  TORCH_CHECK(false, "bnlab: unknown activation '", std::string(s), "'; choose identity, relu, leaky_relu or silu");
+}
+
+// elements per task below which a pass stays on one thread (torch's own default grain)
+constexpr int64_t kGrain = 32768;
+
+struct Geometry {
+  bool cl = false;       // channels-last (see above)
+  int64_t n = 0, c = 0, s = 0;  // N, C, S (CL: rows = n * s)
+  int64_t rows() const { return cl ? n * s : n * c; }
+  int64_t count() const { return n * s; }  // m, values per channel
+};
+
+// ``x`` in a layout the kernels read (contiguous or channel axis innermost), copying only
+// when it is neither; ``geo`` describes it.
+inline Tensor dense_input(const Tensor& x, Geometry& geo) {
+  TORCH_CHECK(x.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", x.dim());
+  geo.n = x.size(0);
+  geo.c = x.size(1);
+  geo.s = x.dim() > 2 ? x.numel() / std::max<int64_t>(geo.n * geo.c, 1) : 1;
+  if (x.dim() > 2 && geo.n * geo.c == 0) {
+    geo.s = 1;
+    for (int64_t d = 2; d < x.dim(); ++d) geo.s *= x.size(d);
+  }
+  if (x.is_contiguous()) {
+    geo.cl = geo.s == 1;
+    return x;
+  }
+  if (x.dim() > 2) {
+    std::vector<int64_t> perm{0};
+    for (int64_t d = 2; d < x.dim(); ++d) perm.push_back(d);
+    perm.push_back(1);
+    if (x.permute(perm).is_contiguous()) {
+      geo.cl = true;
+      return x;
+    }
+  }
+  geo.cl = geo.s == 1;
+  return x.contiguous();
+}
+
+// ``t`` with exactly ``like``'s strides (a copy when they differ, e.g. an expanded gradient)
+inline Tensor same_layout(const Tensor& t, const Tensor& like) {
+  if (t.strides() == like.strides() && t.scalar_type() == like.scalar_type()) return t;
+  return at::empty_like(like).copy_(t);
+}
+
+template <typename scalar_t>
+using opmath_t = at::opmath_type<scalar_t>;
+
+template <typename scalar_t>
+using VecOf = at::vec::Vectorized<opmath_t<scalar_t>>;
+
+// n (<= Vec::size()) values of scalar_t as a Vec of opmath (unused lanes zero)
+template <typename scalar_t>
+inline VecOf<scalar_t> load(const scalar_t* p, int64_t n) {
+  using Vec = VecOf<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    return n == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, n);
+  } else {
+    alignas(64) opmath_t<scalar_t> tmp[Vec::size()] = {};
+    for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<opmath_t<scalar_t>>(p[i]);
+    return Vec::loadu(tmp);
+  }
+}
+
+template <typename scalar_t>
+inline void store(scalar_t* p, const VecOf<scalar_t>& v, int64_t n) {
+  using Vec = VecOf<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    if (n == Vec::size()) v.store(p); else v.store(p, n);
+  } else {
+    alignas(64) opmath_t<scalar_t> tmp[Vec::size()];
+    v.store(tmp);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
+  }
+}
+
+template <typename Vec>
+inline Vec sigmoid(const Vec& z) {
+  using T = typename Vec::value_type;
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec(1.0f) / (Vec(1.0f) + z.neg().exp_u20());
+  } else {
+    return z.map([](T v) { return T(1) / (T(1) + std::exp(-v)); });
+  }
+}
+
+using ActIdentity = std::integral_constant<Act, Act::Identity>;
+
+// f(std::integral_constant<Act, A>) for the activation given at run time: one
+// instantiation of each loop per activation, no branch in the inner loops
+template <typename F>
+inline void with_act(Act act, const F& f) {
+  switch (act) {
+    case Act::Identity: return f(std::integral_constant<Act, Act::Identity>{});
+    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
+    case Act::LeakyReLU: return f(std::integral_constant<Act, Act::LeakyReLU>{});
+    case Act::SiLU: return f(std::integral_constant<Act, Act::SiLU>{});
+  }
+}
+
+// g(z)
+template <Act A, typename Vec>
+inline Vec act_fwd(const Vec& z, const Vec& slope) {
+  if constexpr (A == Act::ReLU) return at::vec::clamp_min(z, Vec(0));
+  else if constexpr (A == Act::LeakyReLU) return Vec::blendv(z * slope, z, z > Vec(0));
+  else if constexpr (A == Act::SiLU) return z * sigmoid(z);
+  else return z;
+}
+
+// dy·g'(z)
+template <Act A, typename Vec>
+inline Vec act_bwd(const Vec& dy, const Vec& z, const Vec& slope) {
+  if constexpr (A == Act::ReLU) return Vec::blendv(Vec(0), dy, z > Vec(0));
+  else if constexpr (A == Act::LeakyReLU) return Vec::blendv(dy * slope, dy, z > Vec(0));
+  else if constexpr (A == Act::SiLU) {
+    Vec s = sigmoid(z);
+    return dy * (s * (Vec(1) + z * (Vec(1) - s)));
+  } else return dy;
+}
+
+// g⁻¹(y) for the invertible activations (identity, leaky_relu)
+template <Act A, typename Vec>
+inline Vec act_inv(const Vec& y, const Vec& inv_slope) {
+  if constexpr (A == Act::LeakyReLU) return Vec::blendv(y * inv_slope, y, y > Vec(0));
+  else return y;
+}
+
+template <typename Vec>
+inline double hsum(const Vec& v) {
+  alignas(64) typename Vec::value_type tmp[Vec::size()];
+  v.store(tmp);
+  double s = 0;
+  for (int64_t i = 0; i < Vec::size(); ++i) s += static_cast<double>(tmp[i]);
+  return s;
+}
+
+// Per-channel parameters (C values each, opmath) handed to the element functions:
+// broadcast for a CF row, loaded at channel offset c for a CL row.
+template <typename T, size_t K>
+using Params = std::array<const T*, K>;
+
+// Elementwise pass: out = f(x, dy, p[0..K)) over every element, in parallel over rows.
+// ``dy`` may be null (forward passes). f(const Vec& x, const Vec& dy, const Vec* p) -> Vec.
+template <typename scalar_t, size_t K, typename F>
+void elementwise(const Geometry& g, const scalar_t* x, const scalar_t* dy, scalar_t* out,
+                 const Params<opmath_t<scalar_t>, K>& P, const F& f) {
+  using Vec = VecOf<scalar_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t inner = g.cl ? g.c : g.s;
+  if (inner == 0) return;
+  at::parallel_for(0, g.rows(), std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
+    Vec pv[K > 0 ? K : 1];
+    Vec zero(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t off = r * inner;
+      const scalar_t* xr = x + off;
+      const scalar_t* dr = dy ? dy + off : nullptr;
+      scalar_t* orow = out + off;
+      if (!g.cl) {
+        const int64_t ch = r % g.c;
+        for (size_t k = 0; k < K; ++k) pv[k] = Vec(P[k][ch]);
+        int64_t i = 0;
+        for (; i + V <= inner; i += V) {
+          store(orow + i, f(load(xr + i, V), dr ? load(dr + i, V) : zero, pv), V);
+        }
+        if (i < inner) {
+          const int64_t n = inner - i;
+          store(orow + i, f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv), n);
+        }
+      } else {
+        int64_t i = 0;
+        for (; i < inner; i += V) {
+          const int64_t n = std::min<int64_t>(V, inner - i);
+          for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
+          store(orow + i, f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv), n);
+        }
+      }
+    }
+  });
+}
+
+// Reduction pass: per channel, s1 = Σ f1 and s2 = Σ f2 in double, where
+// f(const Vec& x, const Vec& dy, const Vec* p, Vec& v1, Vec& v2) gives the two terms.
+// Lanes beyond a row's end are masked out.
+template <typename scalar_t, size_t K, typename F>
+void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
+             const Params<opmath_t<scalar_t>, K>& P, const F& f, double* s1, double* s2) {
+  using Vec = VecOf<scalar_t>;
+  using T = opmath_t<scalar_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.c;
+  std::fill(s1, s1 + C, 0.0);
+  std::fill(s2, s2 + C, 0.0);
+  const int64_t inner = g.cl ? g.c : g.s;
+  if (inner == 0 || g.rows() == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+  const Vec zero(0);
+  if (!g.cl) {
+    // one (s1, s2) per row (n, c), then summed over n: no shared accumulators
+    std::vector<double> rs(2 * g.rows());
+    at::parallel_for(0, g.rows(), grain, [&](int64_t r0, int64_t r1) {
+      Vec pv[K > 0 ? K : 1];
+      constexpr int64_t kFlush = 64 * V;  // terms per lane before a flush into double
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t ch = r % C;
+        for (size_t k = 0; k < K; ++k) pv[k] = Vec(P[k][ch]);
+        const scalar_t* xr = x + r * inner;
+        const scalar_t* dr = dy ? dy + r * inner : nullptr;
+        double d1 = 0, d2 = 0;
+        int64_t i = 0;
+        while (i < inner) {
+          Vec a1(0), a2(0), b1(0), b2(0), v1, v2, w1, w2;
+          const int64_t stop = std::min(inner, i + kFlush);
+          for (; i + 2 * V <= stop; i += 2 * V) {
+            f(load(xr + i, V), dr ? load(dr + i, V) : zero, pv, v1, v2);
+            f(load(xr + i + V, V), dr ? load(dr + i + V, V) : zero, pv, w1, w2);
+            a1 += v1; a2 += v2; b1 += w1; b2 += w2;
+          }
+          for (; i < stop; i += V) {
+            const int64_t n = std::min<int64_t>(V, stop - i);
+            f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
+            if (n < V) { v1 = Vec::set(zero, v1, n); v2 = Vec::set(zero, v2, n); }
+            a1 += v1; a2 += v2;
+          }
+          d1 += hsum(a1 + b1);
+          d2 += hsum(a2 + b2);
+        }
+        rs[2 * r] = d1;
+        rs[2 * r + 1] = d2;
+      }
+    });
+    for (int64_t r = 0; r < g.rows(); ++r) {
+      s1[r % C] += rs[2 * r];
+      s2[r % C] += rs[2 * r + 1];
+    }
+    return;
+  }
+  // CL: each thread sums its rows into its own (C,) double accumulators, flushing
+  // opmath partial sums every kRows rows
+  const int nt = at::get_num_threads();
+  std::vector<double> acc(static_cast<size_t>(nt) * 2 * C, 0.0);
+  at::parallel_for(0, g.rows(), grain, [&](int64_t r0, int64_t r1) {
+    double* a = acc.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C;
+    constexpr int64_t kRows = 64;
+    std::vector<T> t1(C), t2(C);
+    Vec pv[K > 0 ? K : 1];
+    for (int64_t rb = r0; rb < r1; rb += kRows) {
+      std::fill(t1.begin(), t1.end(), T(0));
+      std::fill(t2.begin(), t2.end(), T(0));
+      const int64_t re = std::min(r1, rb + kRows);
+      for (int64_t r = rb; r < re; ++r) {
+        const scalar_t* xr = x + r * C;
+        const scalar_t* dr = dy ? dy + r * C : nullptr;
+        for (int64_t i = 0; i < C; i += V) {
+          const int64_t n = std::min<int64_t>(V, C - i);
+          for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
+          Vec v1, v2;
+          f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
+          if (n == V) {
+            (Vec::loadu(t1.data() + i) + v1).store(t1.data() + i);
+            (Vec::loadu(t2.data() + i) + v2).store(t2.data() + i);
+          } else {
+            (Vec::loadu(t1.data() + i, n) + v1).store(t1.data() + i, n);
+            (Vec::loadu(t2.data() + i, n) + v2).store(t2.data() + i, n);
+          }
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        a[c] += static_cast<double>(t1[c]);
+        a[C + c] += static_cast<double>(t2[c]);
+      }
+    }
+  });
+  for (int t = 0; t < nt; ++t) {
+    const double* a = acc.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += a[c];
+      s2[c] += a[C + c];
+    }
+  }
+}
+
+}  // namespace bnlab

@@ -1,0 +1,548 @@
+// CPU kernels of the bnlab operators (schemas: bnlab/kernels/_schema.py).
+//
+// Every kernel is one or two passes over memory:
+//   stats     one read pass: shifted sums Σ(x−K), Σ(x−K)² per channel (K = a value of the
+//             channel), opmath partial sums flushed into double — μ_B = K + S1/m,
+//             σ²_B = (S2 − S1²/m)/m  (Alg. 1, lines 1-2)
+//   train     stats, the running-statistics update (C values), then one read+write pass
+//             y = g((x − μ)·γσ⁻¹ + β)  (Alg. 1, lines 3-4, fused activation g)
+//   backward  one read pass for Σdz, Σdz·(x − μ) (dz = dy·g'(z)), one read+write pass
+//             dx = γσ⁻¹·dz + B·(x − μ) + C' with B = −γσ⁻³·Σdz(x−μ)/m, C' = −γσ⁻¹·Σdz/m
+//             (Section 3's closed form)
+//   eval      one read+write pass (Alg. 2)
+#include <torch/library.h>
+
+#include "bn_common.h"
+
+namespace bnlab {
+
+using std::optional;
+
+namespace {
+
+at::ScalarType stats_type(const Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
+  if (!t.has_value() || !t->defined()) return;
+  TORCH_CHECK(t->numel() == c, "bnlab: ", name, " should contain ", c, " elements (one per channel), got ", t->numel());
+}
+
+bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// a (C,) tensor of any floating dtype (or ``fill`` when absent) as double
+std::vector<double> read_vec(const optional<Tensor>& t, int64_t c, double fill) {
+  std::vector<double> out(c, fill);
+  if (!has(t)) return out;
+  const Tensor& v = *t;
+  const int64_t st = v.dim() ? v.stride(0) : 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "bnlab_read_vec", [&] {
+    const scalar_t* p = v.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < c; ++i) out[i] = static_cast<double>(p[i * st]);
+  });
+  return out;
+}
+
+Tensor make_vec(const Tensor& like, at::ScalarType dt, const std::vector<double>& vals) {
+  Tensor t = at::empty({static_cast<int64_t>(vals.size())}, like.options().dtype(dt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "bnlab_make_vec", [&] {
+    scalar_t* p = t.data_ptr<scalar_t>();
+    for (size_t i = 0; i < vals.size(); ++i) p[i] = static_cast<scalar_t>(vals[i]);
+  });
+  return t;
+}
+
+template <typename T>
+std::vector<T> cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// ----------------------------------------------------------------------------- statistics
+template <typename scalar_t>
+void channel_stats(const Geometry& g, const scalar_t* x, std::vector<double>& mean, std::vector<double>& var) {
+  using T = opmath_t<scalar_t>;
+  using Vec = VecOf<scalar_t>;
+  const int64_t C = g.c, m = g.count();
+  mean.assign(C, std::nan(""));
+  var.assign(C, std::nan(""));
+  if (m == 0) return;
+  std::vector<T> shift(C);
+  for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<T>(g.cl ? x[c] : x[c * g.s]);
+  std::vector<double> s1(C), s2(C);
+  reduce2<scalar_t, 1>(g, x, nullptr, {shift.data()},
+      [](const Vec& xv, const Vec&, const Vec* p, Vec& v1, Vec& v2) {
+        Vec d = xv - p[0];
+        v1 = d;
+        v2 = d * d;
+      }, s1.data(), s2.data());
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = s1[c] / m;
+    mean[c] = static_cast<double>(shift[c]) + d;
+    const double v = (s2[c] - s1[c] * d) / m;
+    var[c] = v < 0 ? 0.0 : v;  // rounding can make it slightly negative; NaN stays NaN (the guard sees it)
+  }
+}
+
+// y = g((x − mean)·scale + beta)
+template <typename scalar_t>
+void apply_pass(const Geometry& g, const scalar_t* x, scalar_t* y, const std::vector<double>& mean,
+                const std::vector<double>& scale, const std::vector<double>& beta, Act act, double slope) {
+  using T = opmath_t<scalar_t>;
+  using Vec = VecOf<scalar_t>;
+  auto mu = cast<T>(mean), sc = cast<T>(scale), be = cast<T>(beta);
+  const Vec sl(static_cast<T>(slope));
+  with_act(act, [&](auto A) {
+    elementwise<scalar_t, 3>(g, x, nullptr, y, {mu.data(), sc.data(), be.data()},
+        [&](const Vec& xv, const Vec&, const Vec* p) {
+          return act_fwd<decltype(A)::value>((xv - p[0]) * p[1] + p[2], sl);
+        });
+  });
+}
+
+struct Affine {
+  std::vector<double> scale, beta;  // γ·invstd, β
+};
+
+Affine affine(const std::vector<double>& invstd, const optional<Tensor>& w, const optional<Tensor>& b) {
+  const int64_t C = invstd.size();
+  Affine a{read_vec(w, C, 1.0), read_vec(b, C, 0.0)};
+  for (int64_t c = 0; c < C; ++c) a.scale[c] *= invstd[c];
+  return a;
+}
+
+// the output tensor matching ``x`` (empty_like), and the buffer the kernels write:
+// itself when its strides are those of the dense input ``xd``
+Tensor output_for(const Tensor& x, const Tensor& xd, Tensor& target) {
+  Tensor y = at::empty_like(x);
+  target = y.strides() == xd.strides() ? y : at::empty_like(xd);
+  return y;
+}
+
+// running ← running + f·(stat − running), in double, cast once to the buffer's dtype
+void ema(Tensor& buf, const std::vector<double>& stat, double f) {
+  const int64_t st = buf.stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "bnlab_ema", [&] {
+    scalar_t* p = buf.data_ptr<scalar_t>();
+    for (size_t i = 0; i < stat.size(); ++i) {
+      const double old = static_cast<double>(p[i * st]);
+      p[i * st] = static_cast<scalar_t>(old + f * (stat[i] - old));
+    }
+  });
+}
+
+// the non-finite guard and the running-statistics step of Alg. 2; returns ok
+bool update_running(const optional<Tensor>& rm_, const optional<Tensor>& rv_, const optional<Tensor>& nbt_,
+                    const std::vector<double>& mean, const std::vector<double>& var, int64_t m,
+                    optional<double> momentum, bool guard) {
+  bool ok = true;
+  if (guard && m > 0) {
+    for (size_t c = 0; c < mean.size() && ok; ++c) ok = std::isfinite(mean[c]) && std::isfinite(var[c]);
+  }
+  if (!ok) return false;
+  int64_t count = 0;
+  if (has(nbt_)) {
+    Tensor nbt = *nbt_;
+    if (nbt.scalar_type() == at::kLong) {
+      count = ++nbt.data_ptr<int64_t>()[0];
+    } else {
+      nbt.add_(1);
+      count = nbt.item<int64_t>();
+    }
+  }
+  if (!has(rm_) || !has(rv_) || m == 0) return true;
+  double f;
+  if (momentum.has_value()) {
+    f = *momentum;
+  } else {
+    TORCH_CHECK(has(nbt_), "bnlab: momentum=None (cumulative average) needs num_batches_tracked");
+    f = 1.0 / static_cast<double>(std::max<int64_t>(count, 1));
+  }
+  std::vector<double> unbiased(var);
+  if (m > 1) for (auto& v : unbiased) v *= static_cast<double>(m) / (m - 1);
+  Tensor rm = *rm_, rv = *rv_;
+  ema(rm, mean, f);
+  ema(rv, unbiased, f);
+  return true;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------- forward ops
+std::tuple<Tensor, Tensor> bn_stats_cpu(const Tensor& x) {
+  Geometry g;
+  Tensor xd = dense_input(x, g);
+  std::vector<double> mean, var;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_stats", [&] {
+    channel_stats<scalar_t>(g, xd.const_data_ptr<scalar_t>(), mean, var);
+  });
+  return {make_vec(x, stats_type(x), mean), make_vec(x, stats_type(x), var)};
+}
+
+// shared by bn_train and bn_train_: statistics, update, normalization into ``target``
+static std::tuple<Tensor, Tensor, Tensor> train_into(
+    const Tensor& xd, const Geometry& g, Tensor& target, const Tensor& x, const optional<Tensor>& w,
+    const optional<Tensor>& b, const optional<Tensor>& rm, const optional<Tensor>& rv,
+    const optional<Tensor>& nbt, optional<double> momentum, double eps, bool guard, Act act, double slope) {
+  std::vector<double> mean, var;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_train", [&] {
+    channel_stats<scalar_t>(g, xd.const_data_ptr<scalar_t>(), mean, var);
+  });
+  const at::ScalarType sd = stats_type(x);
+  // the statistics as returned (rounded to the statistics dtype) normalize, as in the reference
+  Tensor mean_t = make_vec(x, sd, mean), var_t = make_vec(x, sd, var);
+  const bool ok = update_running(rm, rv, nbt, mean, var, g.count(), momentum, guard);
+  std::vector<double> mean_r = read_vec(mean_t, g.c, 0), invstd(g.c);
+  std::vector<double> var_r = read_vec(var_t, g.c, 0);
+  for (int64_t c = 0; c < g.c; ++c) invstd[c] = 1.0 / std::sqrt(var_r[c] + eps);
+  Affine a = affine(invstd, w, b);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_train_apply", [&] {
+    apply_pass<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mean_r, a.scale, a.beta, act, slope);
+  });
+  return {mean_t, var_t, at::scalar_tensor(ok, x.options().dtype(at::kBool))};
+}
+
+static void check_train(const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b,
+                        const optional<Tensor>& rm, const optional<Tensor>& rv) {
+  TORCH_CHECK(x.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", x.dim());
+  const int64_t c = x.size(1);
+  check_vec(w, c, "weight");
+  check_vec(b, c, "bias");
+  check_vec(rm, c, "running_mean");
+  check_vec(rv, c, "running_var");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> bn_train_cpu(
+    const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b, const optional<Tensor>& rm,
+    const optional<Tensor>& rv, const optional<Tensor>& nbt, optional<double> momentum, double eps, bool guard,
+    c10::string_view act, double slope) {
+  check_train(x, w, b, rm, rv);
+  Geometry g;
+  Tensor xd = dense_input(x, g), target;
+  Tensor y = output_for(x, xd, target);
+  auto [mean, var, ok] = train_into(xd, g, target, x, w, b, rm, rv, nbt, momentum, eps, guard, parse_act(act), slope);
+  if (!target.is_same(y)) y.copy_(target);
+  return {y, mean, var, ok};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_train_inplace_cpu(
+    Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b, const optional<Tensor>& rm,
+    const optional<Tensor>& rv, const optional<Tensor>& nbt, optional<double> momentum, double eps, bool guard,
+    c10::string_view act, double slope) {
+  check_train(x, w, b, rm, rv);
+  Geometry g;
+  Tensor xd = dense_input(x, g);
+  Tensor target = xd;                               // y over x (a dense copy when x is not dense)
+  auto out = train_into(xd, g, target, x, w, b, rm, rv, nbt, momentum, eps, guard, parse_act(act), slope);
+  if (!xd.is_same(x)) x.copy_(xd);
+  return out;
+}
+
+Tensor bn_apply_cpu(const Tensor& x, const Tensor& mean, const Tensor& invstd, const optional<Tensor>& w,
+                    const optional<Tensor>& b, c10::string_view act, double slope) {
+  Geometry g;
+  Tensor xd = dense_input(x, g), target;
+  check_vec(mean, g.c, "mean");
+  check_vec(invstd, g.c, "invstd");
+  check_vec(w, g.c, "weight");
+  check_vec(b, g.c, "bias");
+  Tensor y = output_for(x, xd, target);
+  Affine a = affine(read_vec(invstd, g.c, 1.0), w, b);
+  std::vector<double> mu = read_vec(mean, g.c, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_apply", [&] {
+    apply_pass<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mu, a.scale, a.beta, parse_act(act), slope);
+  });
+  if (!target.is_same(y)) y.copy_(target);
+  return y;
+}
+
+Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const optional<Tensor>& w,
+                   const optional<Tensor>& b, double eps, c10::string_view act, double slope) {
+  TORCH_CHECK(x.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", x.dim());
+  const int64_t C = x.size(1);
+  check_vec(rm, C, "running_mean");
+  check_vec(rv, C, "running_var");
+  // invstd as the reference computes it: in the statistics dtype
+  std::vector<double> var = read_vec(rv, C, 1.0), mean = read_vec(rm, C, 0.0), invstd(C);
+  const bool f64 = x.scalar_type() == at::kDouble;
+  for (int64_t c = 0; c < C; ++c) {
+    invstd[c] = f64 ? 1.0 / std::sqrt(var[c] + eps)
+                    : static_cast<double>(1.0f / std::sqrt(static_cast<float>(var[c]) + static_cast<float>(eps)));
+    if (!f64) mean[c] = static_cast<float>(mean[c]);
+  }
+  Geometry g;
+  Tensor xd = dense_input(x, g), target;
+  check_vec(w, C, "weight");
+  check_vec(b, C, "bias");
+  Tensor y = output_for(x, xd, target);
+  Affine a = affine(invstd, w, b);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_eval", [&] {
+    apply_pass<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mean, a.scale, a.beta, parse_act(act), slope);
+  });
+  if (!target.is_same(y)) y.copy_(target);
+  return y;
+}
+
+// ----------------------------------------------------------------------------- backward ops
+namespace {
+
+struct GradSums {
+  std::vector<double> dz, dz_u;  // Σ dz and Σ dz·u per channel (u = x − μ, or x̂/invstd from y)
+};
+
+// Σ dz and Σ dz·u; FromOutput: u and z recovered from the output y instead of x
+template <typename scalar_t, bool FromOutput>
+GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, const std::vector<double>& mean,
+                   const Affine& a, Act act, double slope) {
+  using T = opmath_t<scalar_t>;
+  using Vec = VecOf<scalar_t>;
+  GradSums s{std::vector<double>(g.c), std::vector<double>(g.c)};
+  std::vector<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta), isc(g.c);
+  for (int64_t c = 0; c < g.c; ++c) isc[c] = T(1) / sc[c];
+  const Vec sl(static_cast<T>(slope)), isl(static_cast<T>(slope != 0 ? 1.0 / slope : 0.0));
+  with_act(act, [&](auto A) {
+    constexpr Act a_ = decltype(A)::value;
+    reduce2<scalar_t, 4>(g, xy, dy, {mu.data(), sc.data(), be.data(), isc.data()},
+        [&](const Vec& xv, const Vec& dyv, const Vec* p, Vec& v1, Vec& v2) {
+          Vec u, z;
+          if constexpr (FromOutput) {
+            z = act_inv<a_>(xv, isl);
+            u = (z - p[2]) * p[3];
+          } else {
+            u = xv - p[0];
+            if constexpr (a_ != Act::Identity) z = u * p[1] + p[2];
+          }
+          Vec dz = act_bwd<a_>(dyv, z, sl);
+          v1 = dz;
+          v2 = dz * u;
+        }, s.dz.data(), s.dz_u.data());
+  });
+  return s;
+}
+
+// dx = scale·dz + B·u + C'
+template <typename scalar_t, bool FromOutput>
+void grad_input(const Geometry& g, const scalar_t* xy, const scalar_t* dy, scalar_t* dx, const std::vector<double>& mean,
+                const Affine& a, const std::vector<double>& B, const std::vector<double>& Cc, Act act, double slope) {
+  using T = opmath_t<scalar_t>;
+  using Vec = VecOf<scalar_t>;
+  std::vector<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta), isc(g.c), bb = cast<T>(B), cc = cast<T>(Cc);
+  for (int64_t c = 0; c < g.c; ++c) isc[c] = T(1) / sc[c];
+  const Vec sl(static_cast<T>(slope)), isl(static_cast<T>(slope != 0 ? 1.0 / slope : 0.0));
+  with_act(act, [&](auto A) {
+    constexpr Act a_ = decltype(A)::value;
+    elementwise<scalar_t, 6>(g, xy, dy, dx, {mu.data(), sc.data(), be.data(), isc.data(), bb.data(), cc.data()},
+        [&](const Vec& xv, const Vec& dyv, const Vec* p) {
+          Vec u, z;
+          if constexpr (FromOutput) {
+            z = act_inv<a_>(xv, isl);
+            u = (z - p[2]) * p[3];
+          } else {
+            u = xv - p[0];
+            if constexpr (a_ != Act::Identity) z = u * p[1] + p[2];
+          }
+          Vec dz = act_bwd<a_>(dyv, z, sl);
+          return at::vec::fmadd(dz, p[1], at::vec::fmadd(u, p[4], p[5]));
+        });
+  });
+}
+
+// dx = scale·dz (statistics constant)
+template <typename scalar_t>
+void grad_input_const(const Geometry& g, const scalar_t* x, const scalar_t* dy, scalar_t* dx,
+                      const std::vector<double>& mean, const Affine& a, Act act, double slope) {
+  using T = opmath_t<scalar_t>;
+  using Vec = VecOf<scalar_t>;
+  std::vector<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta);
+  const Vec sl(static_cast<T>(slope));
+  with_act(act, [&](auto A) {
+    constexpr Act a_ = decltype(A)::value;
+    elementwise<scalar_t, 3>(g, x, dy, dx, {mu.data(), sc.data(), be.data()},
+        [&](const Vec& xv, const Vec& dyv, const Vec* p) {
+          Vec z;
+          if constexpr (a_ != Act::Identity) z = (xv - p[0]) * p[1] + p[2];
+          return act_bwd<a_>(dyv, z, sl) * p[1];
+        });
+  });
+}
+
+at::ScalarType grad_type(const optional<Tensor>& p, at::ScalarType fallback) {
+  return has(p) ? p->scalar_type() : fallback;
+}
+
+// (dγ, dβ) from Σdz·u (with u·invstd = x̂) and Σdz, or empty (0,) tensors
+std::tuple<Tensor, Tensor> param_grads(const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b,
+                                       const GradSums& s, const std::vector<double>& invstd, std::array<bool, 3> mask) {
+  const at::ScalarType sd = stats_type(x);
+  Tensor dw, db;
+  if (mask[1] && has(w)) {
+    // Σ dz·x̂ = invstd·Σ dz·(x − μ); an empty batch (NaN statistics) has a zero gradient
+    std::vector<double> v(s.dz_u);
+    for (size_t c = 0; c < v.size(); ++c) v[c] = x.numel() == 0 ? 0.0 : v[c] * invstd[c];
+    dw = make_vec(x, w->scalar_type(), v);
+  } else {
+    dw = at::empty({0}, x.options().dtype(sd));
+  }
+  db = mask[2] ? make_vec(x, grad_type(b, grad_type(w, sd)), s.dz) : at::empty({0}, x.options().dtype(sd));
+  return {dw, db};
+}
+
+// Section 3's coefficients: B = −γσ⁻¹·σ⁻²·Σdz·u/m, C' = −γσ⁻¹·Σdz/m
+void coefficients(const Affine& a, const std::vector<double>& invstd, const std::vector<double>& s_dz,
+                  const std::vector<double>& s_dz_u, int64_t m, std::vector<double>& B, std::vector<double>& Cc) {
+  const int64_t C = invstd.size();
+  B.resize(C);
+  Cc.resize(C);
+  const double inv_m = m > 0 ? 1.0 / m : 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    B[c] = -a.scale[c] * invstd[c] * invstd[c] * s_dz_u[c] * inv_m;
+    Cc[c] = -a.scale[c] * s_dz[c] * inv_m;
+  }
+}
+
+}  // namespace
+
+// σ⁻¹ = 1/sqrt(var + ε) as the reference computes it (in the statistics dtype)
+std::vector<double> invstd_from_var(const Tensor& var_t, double eps, int64_t c) {
+  std::vector<double> v = read_vec(var_t, c, 1.0);
+  const bool f64 = var_t.scalar_type() == at::kDouble;
+  for (auto& e : v) {
+    e = f64 ? 1.0 / std::sqrt(e + eps) : static_cast<double>(1.0f / std::sqrt(static_cast<float>(e) + static_cast<float>(eps)));
+  }
+  return v;
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_backward_cpu(
+    const Tensor& dy, const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b, const Tensor& mean,
+    const Tensor& var_t, double eps, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
+  Geometry g;
+  Tensor xd = dense_input(x, g);
+  Tensor dyd = same_layout(dy, xd);
+  const Act act = parse_act(act_s);
+  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = invstd_from_var(var_t, eps, g.c);
+  Affine a = affine(invstd, w, b);
+  GradSums s;
+  Tensor dx = at::empty({0}, x.options()), target;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_backward", [&] {
+    const scalar_t* xp = xd.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
+    s = grad_sums<scalar_t, false>(g, xp, dp, mu, a, act, slope);
+    if (mask[0]) {
+      std::vector<double> B, Cc;
+      coefficients(a, invstd, s.dz, s.dz_u, g.count(), B, Cc);
+      dx = output_for(x, xd, target);
+      grad_input<scalar_t, false>(g, xp, dp, target.data_ptr<scalar_t>(), mu, a, B, Cc, act, slope);
+    }
+  });
+  if (mask[0] && !target.is_same(dx)) dx.copy_(target);
+  auto [dw, db] = param_grads(x, w, b, s, invstd, mask);
+  return {dx, dw, db};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_apply_backward_cpu(
+    const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd_t, const optional<Tensor>& w,
+    const optional<Tensor>& b, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
+  Geometry g;
+  Tensor xd = dense_input(x, g);
+  Tensor dyd = same_layout(dy, xd);
+  const Act act = parse_act(act_s);
+  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  Affine a = affine(invstd, w, b);
+  GradSums s{std::vector<double>(g.c), std::vector<double>(g.c)};
+  Tensor dx = at::empty({0}, x.options()), target;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_apply_backward", [&] {
+    const scalar_t* xp = xd.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
+    if (mask[1] || mask[2]) s = grad_sums<scalar_t, false>(g, xp, dp, mu, a, act, slope);
+    if (mask[0]) {
+      dx = output_for(x, xd, target);
+      grad_input_const<scalar_t>(g, xp, dp, target.data_ptr<scalar_t>(), mu, a, act, slope);
+    }
+  });
+  if (mask[0] && !target.is_same(dx)) dx.copy_(target);
+  auto [dw, db] = param_grads(x, w, b, s, invstd, mask);
+  return {dx, dw, db};
+}
+
+std::tuple<Tensor, Tensor> bn_backward_reduce_cpu(
+    const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd_t, const optional<Tensor>& w,
+    const optional<Tensor>& b, c10::string_view act_s, double slope) {
+  Geometry g;
+  Tensor xd = dense_input(x, g);
+  Tensor dyd = same_layout(dy, xd);
+  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  Affine a = affine(invstd, w, b);
+  GradSums s;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_backward_reduce", [&] {
+    s = grad_sums<scalar_t, false>(g, xd.const_data_ptr<scalar_t>(), dyd.const_data_ptr<scalar_t>(), mu, a, parse_act(act_s), slope);
+  });
+  for (int64_t c = 0; c < g.c; ++c) s.dz_u[c] *= invstd[c];       // Σ dz·x̂
+  return {make_vec(x, at::kDouble, s.dz), make_vec(x, at::kDouble, s.dz_u)};
+}
+
+Tensor bn_backward_elemt_cpu(
+    const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& invstd_t, const optional<Tensor>& w,
+    const optional<Tensor>& b, const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count,
+    c10::string_view act_s, double slope) {
+  Geometry g;
+  Tensor xd = dense_input(x, g);
+  Tensor dyd = same_layout(dy, xd);
+  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  std::vector<double> s_dz = read_vec(sum_dz, g.c, 0.0), s_dz_u = read_vec(sum_dz_xhat, g.c, 0.0);
+  for (int64_t c = 0; c < g.c; ++c) s_dz_u[c] /= invstd[c];       // Σ dz·(x − μ)
+  Affine a = affine(invstd, w, b);
+  std::vector<double> B, Cc;
+  coefficients(a, invstd, s_dz, s_dz_u, std::max<int64_t>(count, 1), B, Cc);
+  Tensor target;
+  Tensor dx = output_for(x, xd, target);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_backward_elemt", [&] {
+    grad_input<scalar_t, false>(g, xd.const_data_ptr<scalar_t>(), dyd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(),
+                                mu, a, B, Cc, parse_act(act_s), slope);
+  });
+  if (!target.is_same(dx)) dx.copy_(target);
+  return dx;
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_backward_from_output_cpu(
+    const Tensor& dy, const Tensor& y, const optional<Tensor>& w, const optional<Tensor>& b, const Tensor& var_t,
+    double eps, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
+  const Act act = parse_act(act_s);
+  TORCH_CHECK(act == Act::Identity || (act == Act::LeakyReLU && slope > 0),
+              "bnlab: the in-place backward needs an invertible activation (identity, or leaky_relu with slope > 0)");
+  Geometry g;
+  Tensor yd = dense_input(y, g);
+  Tensor dyd = same_layout(dy, yd);
+  std::vector<double> invstd = invstd_from_var(var_t, eps, g.c), zeros(g.c, 0.0);
+  Affine a = affine(invstd, w, b);
+  GradSums s;
+  Tensor dx = at::empty({0}, y.options()), target;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_backward_from_output", [&] {
+    const scalar_t* yp = yd.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
+    s = grad_sums<scalar_t, true>(g, yp, dp, zeros, a, act, slope);
+    if (mask[0]) {
+      std::vector<double> B, Cc;
+      coefficients(a, invstd, s.dz, s.dz_u, g.count(), B, Cc);
+      dx = output_for(y, yd, target);
+      grad_input<scalar_t, true>(g, yp, dp, target.data_ptr<scalar_t>(), zeros, a, B, Cc, act, slope);
+    }
+  });
+  if (mask[0] && !target.is_same(dx)) dx.copy_(target);
+  auto [dw, db] = param_grads(y, w, b, s, invstd, mask);
+  return {dx, dw, db};
+}
+
+}  // namespace bnlab
+
+TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
+  m.impl("bn_train", &bnlab::bn_train_cpu);
+  m.impl("bn_train_", &bnlab::bn_train_inplace_cpu);
+  m.impl("bn_eval", &bnlab::bn_eval_cpu);
+  m.impl("bn_stats", &bnlab::bn_stats_cpu);
+  m.impl("bn_apply", &bnlab::bn_apply_cpu);
+  m.impl("bn_backward", &bnlab::bn_backward_cpu);
+  m.impl("bn_apply_backward", &bnlab::bn_apply_backward_cpu);
+  m.impl("bn_backward_reduce", &bnlab::bn_backward_reduce_cpu);
+  m.impl("bn_backward_elemt", &bnlab::bn_backward_elemt_cpu);
+  m.impl("bn_backward_from_output", &bnlab::bn_backward_from_output_cpu);
+}

@@ -1,0 +1,91 @@
+"""torch.fx.symbolic_trace, torch.export and torch.compile(fullgraph=True) with every bnlab layer.
+
+Oracle: the eager model — outputs and the running statistics one step updates — in
+training and in evaluation mode. Batch Renorm's schedule is part of the traced graph
+(no ``.item()`` on ``num_batches_tracked``).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+import torch.fx
+from torch import nn
+
+from toolchain_models import KINDS, make_layer, randomize
+
+
+def _model(kind: str, train: bool) -> nn.Module:
+    torch.manual_seed(2)
+    m = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), make_layer(kind, 4), nn.ReLU()))
+    return m.train(train)
+
+
+def _step_matches(kind, train, transform):
+    """``transform(copy)`` run once equals the eager model run once: output and buffers."""
+    eager = _model(kind, train)
+    other = _model(kind, train)
+    x = torch.randn(8, 3, 5, 5) * 1.5 + 0.5
+    run = transform(other, x)
+    y_other = run(x)
+    y_eager = eager(x)
+    torch.testing.assert_close(y_other, y_eager, rtol=1e-5, atol=1e-5)
+    for (k, a), (_, b) in zip(sorted(other.state_dict().items()), sorted(eager.state_dict().items())):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
+    return other, eager
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_fx_symbolic_trace(kind, train):
+    def trace(model, x):
+        gm = torch.fx.symbolic_trace(model)
+        assert any(n.op == "call_function" and "bnlab" in getattr(n.target, "__module__", "") for n in gm.graph.nodes)
+        return gm
+
+    _step_matches(kind, train, trace)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_compile_fullgraph(kind, train):
+    torch._dynamo.reset()
+
+    def compile_(model, x):
+        return torch.compile(model, fullgraph=True, backend="eager")
+
+    _step_matches(kind, train, compile_)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_export(kind, train):
+    exported = {}
+
+    def export(model, x):
+        ep = torch.export.export(model, (x,))
+        exported["ep"] = ep
+        return ep.module()
+
+    other, eager = _step_matches(kind, train, export)
+    # the exported program itself carries the buffer updates: run it again on the originals
+    if train and kind not in ("frozen",):
+        ops = {str(n.target) for n in exported["ep"].graph.nodes if n.op == "call_function"}
+        assert any("bnlab" in op for op in ops), ops
+
+
+def test_renorm_schedule_is_traced_not_frozen():
+    """The r_max/d_max ramp follows num_batches_tracked inside one compiled graph."""
+    from bnlab import BatchRenorm2d
+
+    torch._dynamo.reset()
+    eager = BatchRenorm2d(3, warmup_steps=1, r_max_steps=3, d_max_steps=3, r_max=2.0, d_max=1.0)
+    comp_layer = copy.deepcopy(eager)
+    compiled = torch.compile(comp_layer, fullgraph=True, backend="eager")
+    for step in range(5):
+        x = torch.randn(6, 3, 2, 2) * (1 + step) + step
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(comp_layer.running_var, eager.running_var, rtol=1e-6, atol=1e-6)
+    assert int(comp_layer.num_batches_tracked) == 5
