@@ -138,3 +138,18 @@ def test_a_broken_experiment_module_does_not_stop_the_others(tmp_path, capsys, m
     assert "broken failed: cannot import experiment broken" in captured.err
     assert "fig1: " in captured.out and (out / "fig1" / "results.json").is_file()
     assert "not run" in (out / "results.md").read_text()
+
+
+def test_jobs_2_gives_the_numbers_of_a_sequential_run(tmp_path, capsys):
+    """Worker processes (spawned, sharing the parent's lock on --out) compute what one process does."""
+    par, seq = tmp_path / "par", tmp_path / "seq"
+    assert cli("reproduce", "--preset", "tiny", "--only", "d2l-lenet", "inference", "--jobs", "2", "--out", par) == 0
+    out = capsys.readouterr().out
+    assert out.index("[1/2] d2l-lenet: ") < out.index("[2/2] inference: ")  # the order asked for, not finishing order
+    assert cli("reproduce", "--preset", "tiny", "--only", "d2l-lenet", "--out", seq) == 0
+    a, b = read_json(par / "d2l-lenet" / "results.json"), read_json(seq / "d2l-lenet" / "results.json")
+    assert a["arms"].keys() == b["arms"].keys()
+    for arm in a["arms"]:
+        assert a["arms"][arm]["per_seed"] == b["arms"][arm]["per_seed"], arm
+    assert [c["estimate"] for c in a["checks"]] == [c["estimate"] for c in b["checks"]]
+    assert not list(par.rglob(".bnlab.lock"))  # every lock released
