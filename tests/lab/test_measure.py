@@ -157,12 +157,19 @@ def test_distribution_shift_of_a_known_affine_change():
     m, s = a["1"]
     torch.testing.assert_close(m, x.mean((0, 2, 3)))
     torch.testing.assert_close(s, x.transpose(0, 1).reshape(2, -1).std(1, correction=0))
-    # |Δm| / s + |Δs| / s per channel with Δm = 2m + 0.5 and Δs = 2s, averaged
-    expect = float(((2 * m + 0.5).abs() / s + 2.0).mean())
+    # (mean |Δm| + mean |Δs|) / mean s with Δm = 2m + 0.5 and Δs = 2s
+    expect = float((2 * m + 0.5).abs().mean() / s.mean() + 2.0)
     assert distribution_shift(a, b) == pytest.approx(expect, rel=1e-9)
     assert distribution_shift(a, a) == 0.0
     with pytest.raises(KeyError, match="unknown module"):
         layer_input_stats(model, x, ["nope"])
+
+
+def test_distribution_shift_ignores_constant_channels():
+    # a channel that is constant on the probe (std 0) must not turn a small move into an infinite shift
+    a = {"l": (torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64))}
+    b = {"l": (torch.tensor([0.1, 1.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64))}
+    assert distribution_shift(a, b) == pytest.approx(0.05 / 1.0)
 
 
 def test_layer_input_stats_in_training_mode_leaves_running_statistics_alone():

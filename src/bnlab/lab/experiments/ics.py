@@ -260,8 +260,8 @@ class Ics(Experiment):
                 "for noisy BN.",
                 f"ICS is measured on the next training minibatch every {cfg.measure_every} steps, not every step.",
                 f"Distribution shift (Santurkar et al. show histograms): per-channel mean and std of every layer's "
-                f"input on {cfg.probe_size} validation images, |Δmean|/std + |Δstd|/std between consecutive "
-                "measurements, averaged over channels and layers 2..",
+                f"input on {cfg.probe_size} validation images; (mean |Δmean| + mean |Δstd|) / mean std between "
+                "consecutive measurements, averaged over layers 2..",
                 "Noisy BN is evaluated with the noise's expectation folded into γ, β (E[s] = 1.125, E[m] = 0); the "
                 "table also shows it with the noise simply dropped, a network training never saw.")
 

@@ -6,10 +6,11 @@ et al. (2018, Fig. 2) show it as per-unit activation histograms drifting over tr
 layer input is summarised per channel c by its mean m_c and standard deviation s_c over a fixed
 probe batch (all samples and positions), and the shift from moment a to moment b is
 
-    shift(a, b) = mean over layers and channels of  |m_c(b) − m_c(a)| / s_c(a) + |s_c(b) − s_c(a)| / s_c(a),
+    shift(a, b) = mean over layers of  (mean_c |m_c(b) − m_c(a)| + mean_c |s_c(b) − s_c(a)|) / S(a),
 
-scale-free (a network whose activations are 10× larger does not shift 10× more) and zero when
-nothing moved. :func:`layer_input_stats` runs the probe on a copy of the model, in the model's
+with S(a) = mean_c s_c(a), the layer's typical spread: scale-free (a network whose activations
+are 10× larger does not shift 10× more), zero when nothing moved, and not blown up by channels
+that are (nearly) constant on the probe (a dead ReLU unit, an image border). :func:`layer_input_stats` runs the probe on a copy of the model, in the model's
 mode, so a training-mode probe neither updates running statistics nor touches the model.
 """
 from __future__ import annotations
@@ -56,6 +57,6 @@ def distribution_shift(a: Stats, b: Stats, eps: float = 1e-8) -> float:
     terms = []
     for name, (m_a, s_a) in a.items():
         m_b, s_b = b[name]
-        scale = s_a.clamp_min(eps)
-        terms.append(((m_b - m_a).abs() / scale + (s_b - s_a).abs() / scale).mean())
+        spread = s_a.mean().clamp_min(eps)                                   # S(a)
+        terms.append(((m_b - m_a).abs().mean() + (s_b - s_a).abs().mean()) / spread)
     return float(torch.stack(terms).mean()) if terms else float("nan")
