@@ -140,8 +140,9 @@ def test_a_broken_experiment_module_does_not_stop_the_others(tmp_path, capsys, m
     assert "not run" in (out / "results.md").read_text()
 
 
-def test_jobs_2_gives_the_numbers_of_a_sequential_run(tmp_path, capsys):
+def test_jobs_2_gives_the_numbers_of_a_sequential_run(tmp_path, capsys, monkeypatch):
     """Worker processes (spawned, sharing the parent's lock on --out) compute what one process does."""
+    monkeypatch.setenv("BNLAB_BACKEND", "reference")  # the workers' kernels = this process's (fixture above)
     par, seq = tmp_path / "par", tmp_path / "seq"
     assert cli("reproduce", "--preset", "tiny", "--only", "d2l-lenet", "inference", "--jobs", "2", "--out", par) == 0
     out = capsys.readouterr().out
