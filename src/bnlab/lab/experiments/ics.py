@@ -17,6 +17,7 @@ the noise's expectation (E[s] = 1.125, E[m] = 0 folded into γ, β).
 """
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from dataclasses import dataclass
@@ -81,13 +82,8 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def _measurer(train, probe, cfg: IcsConfig, seed: int):
     loader = BatchLoader(*train, batch_size=cfg.batch_size, seed=seed)  # the batches fit() uses
-    previous: list = []
 
     def on_eval(model, step: int) -> dict[str, Any]:
-        # layer inputs 2.. on a fixed probe batch, in training mode (noisy BN: this moment's noise)
-        stats = layer_input_stats(model, probe, list(layer_labels(model))[1:])
-        shift = distribution_shift(previous[-1], stats) if previous else math.nan
-        previous[:] = [stats]
         xb, yb = loader.batch(step)
         params = named_params(model)
         with hold_noise(model):
@@ -98,10 +94,22 @@ def _measurer(train, probe, cfg: IcsConfig, seed: int):
             resample_noise(model)                       # the next step's noise: what layer i will see
             loss_next = loss_closure(model, F.cross_entropy, xb, yb)
             points = internal_covariate_shift(loss_at, params, nxt, layer_names(model), loss_next)
-        return {"input_shift": shift, "ics_cos": [p.cosine for p in points],
+        return {"input_shift": _step_shift(model, nxt, probe), "ics_cos": [p.cosine for p in points],
                 "ics_rel_l2": [p.l2 / p.grad_norm if p.grad_norm > 0 else math.nan for p in points]}
 
     return on_eval
+
+
+def _step_shift(model: nn.Module, next_params: dict, probe) -> float:
+    """How far the inputs of layers 2.. move from this step (W^t, this step's noise) to the next
+    (W^{t+1}, a new draw), on a fixed probe batch in training mode (see measure.distribution)."""
+    layers = list(layer_labels(model))[1:]
+    before = layer_input_stats(model, probe, layers)            # noisy BN: a fresh draw
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in moved.named_parameters():
+            p.copy_(next_params[name])
+    return distribution_shift(before, layer_input_stats(moved, probe, layers))   # another fresh draw
 
 
 def _mean(values) -> float:
@@ -130,8 +138,8 @@ class Ics(Experiment):
     def checks(self, cfg):
         m, e = cfg.train_effect, cfg.ics_effect
         return (
-            Check(f"the noise shifts the distributions of layer inputs: from one measurement to the next they move "
-                  f"more than BN's, by more than {cfg.shift_effect:g}", "input_shift", "noisy", "bn", "greater",
+            Check(f"the noise shifts the distributions of layer inputs: from one step to the next they move more "
+                  f"than with BN, by more than {cfg.shift_effect:g}", "input_shift", "noisy", "bn", "greater",
                   cfg.shift_effect),
             Check(f"yet noisy BN's training accuracy is within {m:g} points of BN's", "train_acc", "noisy", "bn",
                   "within", m, unit="points"),
@@ -260,8 +268,8 @@ class Ics(Experiment):
                 "for noisy BN.",
                 f"ICS is measured on the next training minibatch every {cfg.measure_every} steps, not every step.",
                 f"Distribution shift (Santurkar et al. show histograms): per-channel mean and std of every layer's "
-                f"input on {cfg.probe_size} validation images; (mean |Δmean| + mean |Δstd|) / mean std between "
-                "consecutive measurements, averaged over layers 2..",
+                f"input on {cfg.probe_size} validation images; (mean |Δmean| + mean |Δstd|) / mean std from one "
+                "step to the next (W^t → W^t − ηG, a new noise draw) at every measurement, averaged over layers 2..",
                 "Noisy BN is evaluated with the noise's expectation folded into γ, β (E[s] = 1.125, E[m] = 0); the "
                 "table also shows it with the noise simply dropped, a network training never saw.")
 
