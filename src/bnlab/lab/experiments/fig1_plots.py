@@ -78,7 +78,8 @@ def _drift(cfg, results, out_dir: Path) -> dict[str, str]:
             per_unit.extend(d.tolist())
         data.append(per_unit or [float("nan")])
         labels.append(label)
-    parts = ax.boxplot(data, tick_labels=labels, patch_artist=True, widths=0.5, showfliers=True)
+    parts = ax.boxplot(data, tick_labels=labels, patch_artist=True, widths=0.5, showfliers=True,
+                       medianprops={"color": "black", "linewidth": 1.6})
     for i, box in enumerate(parts["boxes"]):
         box.set_facecolor(style(i)["color"])
         box.set_alpha(0.45)
@@ -90,5 +91,5 @@ def _drift(cfg, results, out_dir: Path) -> dict[str, str]:
                  fontsize=10)
     return save_figure(fig, out_dir, "fig1_d_drift_all_units.png",
                        "How far each unit's sigmoid-input percentiles moved between the first and the last "
-                       "evaluation (log scale; box = quartiles, whiskers 1.5 IQR). The claim: the BN box "
-                       "lies lower.")
+                       "evaluation (log scale; box = quartiles, black line = median, whiskers 1.5 IQR). "
+                       "The claim: the BN box lies lower.")

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from ..runs.runfiles import atomic_write
 from .verdict import mean_ci
 
-__all__ = ["pyplot", "new_figure", "layout_problems", "style", "color_name", "mean_band", "legend_below", "save_figure", "DPI", "PALETTE"]
+__all__ = ["pyplot", "new_figure", "layout_problems", "style", "color_name", "mean_band", "legend_below",
+           "save_figure", "DPI", "PALETTE"]
 
 DPI = 200
 #: Okabe & Ito's colour-blind-safe palette, then matplotlib's tab10

@@ -72,7 +72,8 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def format_check(c: Mapping[str, Any]) -> dict[str, str]:
     """The printed pieces of one check record."""
     unit = f" {c.get('unit')}" if c.get("unit") else ""
-    sign = {"greater": "> +", "less": "< −", "within": "within ±", "at_most": "< +", "at_least": "> −"}[c["direction"]]
+    sign = {"greater": "> +", "less": "< −", "within": "within ±", "at_most": "< +",
+            "at_least": "> −"}[c["direction"]]
     return {
         "statement": str(c["statement"]),
         "compare": f"{c['treatment']} − {c['baseline']} ({c['metric']})",
@@ -161,7 +162,8 @@ def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix
     if rec.get("parts"):
         parts.append("<ul>" + "".join(f"<li>{_e(p['text'])}: {_badge(p['verdict'])}</li>"
                                       for p in rec["parts"].values()) + "</ul>")
-    parts.append(_checks_html(rec["checks"], "checks (paired by seed; direction and minimum effect fixed before the run)"))
+    parts.append(_checks_html(rec["checks"],
+                              "checks (paired by seed; direction and minimum effect fixed before the run)"))
     if not rec.get("control"):
         parts.append(_control_html(rec, f"{link_prefix}control/results.json"))
     for label, key in (("Published numbers", "published"), ("Our numbers", "tables")):
