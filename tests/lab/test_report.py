@@ -90,6 +90,12 @@ def test_figures_are_confined_to_the_run_folder(records, tmp_path):
     assert "data:image" not in page and "is missing" in page
 
 
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "sub/x.png", ".hidden.png", "..\\x.png"])
+def test_markdown_refuses_figure_paths_outside_the_run_folder(records, bad):
+    md = section_markdown(dict(records[0][0], figures=[{"file": bad, "caption": "x"}]))
+    assert "![" not in md and "refused" in md
+
+
 def test_markdown_is_escaped_and_has_the_numbers(records):
     md = page_markdown([r for r, _ in records])
     assert "<script>" not in md and "\\<script\\>" in md            # literal text, not raw HTML

@@ -126,10 +126,16 @@ def _checks_html(checks: Sequence[Mapping[str, Any]], caption: str) -> str:
             + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+def _plain_name(name: object) -> bool:
+    """A figure is a plain file name inside its run folder (what save_figure writes): no folders, no dotfiles."""
+    text = str(name)
+    return bool(text) and Path(text).name == text and "\\" not in text and not text.startswith(".")
+
+
 def _figure_html(fig: Mapping[str, str], run_dir: Path) -> str:
     name = str(fig["file"])
     try:
-        path = confined(run_dir, name)
+        path = confined(run_dir, name) if _plain_name(name) else None
     except ValueError:
         path = None
     if path is None or not path.is_file():
@@ -232,7 +238,8 @@ def section_markdown(rec: Mapping[str, Any]) -> str:
         out += [f"Negative control ({_md(ctl['path'])}): **{_md(ctl['verdict'])}**", ""]
     for t in [*rec.get("published", ()), *rec.get("tables", ())]:
         out += [f"*{_md(t.get('caption', ''))}*", ""] + _md_table(t["header"], t["rows"])
-    out += [f"![{_md(f['caption'])}]({_md(f['file'])})" for f in rec.get("figures", ())]
+    out += [f"![{_md(f['caption'])}]({_md(f['file'])})" if _plain_name(f["file"]) else
+            f"(figure {_md(f['file'])} refused: not a file of the run folder)" for f in rec.get("figures", ())]
     if rec.get("notes"):
         out += ["", "Reading the numbers:", ""] + [f"- {_md(n)}" for n in rec["notes"]]
     if rec.get("deviations"):
