@@ -86,3 +86,9 @@ def test_tiny_run(tmp_path):
     assert saved["arms"]["plain"]["per_seed"]["step_ratio"] == [1.0] * len(cfg.seeds)
     assert rec["verdict"] in {"reproduced", "contradicted", "inconclusive", "partly"}
     assert (tmp_path / "wall_clock.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_ratio_wording():
+    from bnlab.lab.experiments.wall_clock import _times
+
+    assert _times(3.14) == "3.1x sooner" and _times(0.5) == "2.0x later" and _times(float("nan")) == "—"
