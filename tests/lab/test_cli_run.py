@@ -59,6 +59,17 @@ def test_unknown_presets_list_the_valid_ones(capsys, fig1):
     assert "--only" in one_line(capsys)
 
 
+def test_bad_experiment_flags_are_usage_errors(tmp_path, capsys, fig1):
+    for argv, fragment in ((["--dataset", "imagenet"], "--dataset imagenet: unknown dataset"),
+                           (["--batch-size", "0"], "--batch-size must be >= 1"),
+                           (["--out", "/etc/passwd"], "--out /etc/passwd is a file")):
+        assert cli("run", "fig1", "--preset", "tiny", "--out", tmp_path / "r", *argv) == 2
+        assert fragment in one_line(capsys)
+    assert cli("run", "fig1", "--preset", "tiny", "--out", tmp_path / "r", "--resume") == 2
+    assert "config.json does not exist" in one_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 def test_run_prints_the_verdict_and_stamps_results(tmp_path, capsys, fig1):
     out = tmp_path / "r"
     assert cli("run", "fig1", "--preset", "tiny", "--out", out) == 0

@@ -96,6 +96,7 @@ def cmd_run(args) -> int:
 
     exp = get_experiment(args.experiment)
     cfg = _with_threads(apply_overrides(exp.presets[args.preset], overrides_from_args(args, exp.config_cls)))
+    _check_dataset(cfg)
     out = args.out or Path("runs") / f"{exp.name}-{args.preset}{'-control' if args.control else ''}"
     identity = run_identity("experiment", exp.name + ("/control" if args.control else ""), args.preset,
                             config_to_dict(cfg))
@@ -125,15 +126,23 @@ def cmd_reproduce(args) -> int:
                      threads=args.threads, jobs=args.jobs)
 
 
+def _check_dataset(cfg) -> None:
+    """A config's ``dataset`` must be a known name (a usage error, before any work)."""
+    from .data import dataset_names
+
+    name = getattr(cfg, "dataset", None)
+    if name is not None and name not in dataset_names():
+        raise ConfigError(f"--dataset {name}: unknown dataset; choose from {list(dataset_names())}")
+
+
 def _check_model_fits(cfg) -> None:
     """``--model`` must accept ``--dataset``'s images: one forward pass on zeros, before any work."""
     import torch
 
-    from .data import dataset_info, dataset_names
+    from .data import dataset_info
     from .models import build_model, model_names
 
-    if cfg.dataset not in dataset_names():
-        raise ConfigError(f"--dataset {cfg.dataset}: unknown dataset; choose from {list(dataset_names())}")
+    _check_dataset(cfg)
     info = dataset_info(cfg.dataset)
 
     def fits(name: str) -> bool:
