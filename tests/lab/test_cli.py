@@ -229,3 +229,12 @@ def test_a_bug_is_one_line_unless_debugging(monkeypatch, capsys):
     monkeypatch.setenv("BNLAB_DEBUG", "1")
     with pytest.raises(TypeError):
         cli("list")
+
+
+def test_verdicts_are_coloured_on_a_terminal_only(monkeypatch):
+    rec = {"experiment": "fig1", "verdict": "contradicted", "checks": [{"outcome": "contradicted"}]}
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert commands.show_verdict(rec).startswith("fig1: \033[1;31mcontradicted\033[0m (0/1 checks hold)")
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert commands.show_verdict(rec) == "fig1: contradicted (0/1 checks hold)"

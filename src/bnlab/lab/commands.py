@@ -90,7 +90,6 @@ def _stamp(out: Path, identity: dict[str, str], results: dict) -> None:
 
 def cmd_run(args) -> int:
     from .experiments import get_experiment, run_experiment
-    from .report.render import verdict_line
     from .runs.identity import run_identity
     from .runs.session import RunSession
 
@@ -106,7 +105,7 @@ def cmd_run(args) -> int:
         rec = run_experiment(exp, cfg, out, preset=args.preset, resume=resume, control=args.control,
                              with_control=not args.control)
         _stamp(out, identity, rec)
-    print(verdict_line(rec))
+    print(show_verdict(rec))
     print(f"report: {out / 'report.html'}  results: {out / 'results.json'}  metrics: {out / 'metrics.jsonl'}")
     return 0
 
@@ -248,6 +247,21 @@ def cmd_bench(argv: Sequence[str]) -> int:
     except ImportError as exc:
         raise ConfigError(f"bnlab bench is not available in this build ({exc})") from None
     return int(bench_main(list(argv)) or 0)
+
+
+_COLOURS = {"reproduced": "32", "partly": "33", "inconclusive": "2", "contradicted": "31", "not run": "2"}
+
+
+def show_verdict(rec: dict[str, Any]) -> str:
+    """:func:`~bnlab.lab.report.render.verdict_line`, its verdict coloured on a terminal (not with NO_COLOR)."""
+    from .report.render import verdict_line
+
+    line = verdict_line(rec)
+    code = _COLOURS.get(str(rec.get("verdict")))
+    if code is None or os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+        return line
+    word = f"{rec['experiment']}: {rec['verdict']}"
+    return line.replace(word, f"{rec['experiment']}: \033[1;{code}m{rec['verdict']}\033[0m", 1)
 
 
 def one_line(exc: BaseException) -> str:

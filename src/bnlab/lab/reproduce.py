@@ -121,9 +121,8 @@ def _run_all(names, loaded, out: Path, preset: str, opts: dict[str, Any], jobs: 
 def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool = False, resume: bool = False,
               threads: int | None = None, jobs: int = 1) -> int:
     """Run the experiments (``only`` or all) into ``out``; write the report; return the exit status."""
-    from .commands import EXIT_FAILED, one_line
+    from .commands import EXIT_FAILED, one_line, show_verdict
     from .experiments import REGISTRY
-    from .report.render import verdict_line
     from .report.reproduce import not_run_record, write_reproduce
     from .runs.session import RunSession
 
@@ -148,12 +147,12 @@ def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool
             if isinstance(result, BaseException):
                 failed += 1
                 print(f"bnlab: {name} failed: {one_line(result)}", file=sys.stderr, flush=True)
-            print(f"[{i}/{len(names)}] " + verdict_line(result if isinstance(result, dict)
+            print(f"[{i}/{len(names)}] " + show_verdict(result if isinstance(result, dict)
                                                          else not_run_record(exp, result)), flush=True)
             entries.append((exp, result, name))
         md, page = write_reproduce(out, entries, preset, time.perf_counter() - t0)
     print("\nverdicts:")
     for exp, result, _ in entries:
-        print("  " + verdict_line(result if isinstance(result, dict) else not_run_record(exp, result)))
+        print("  " + show_verdict(result if isinstance(result, dict) else not_run_record(exp, result)))
     print(f"summary: {md}\nreport:  {page}  (open it in a browser)")
     return EXIT_FAILED if failed else 0
