@@ -165,28 +165,31 @@ class Inference(Experiment):
         return evaluate_modes(model, averages, cfg, data, seed)
 
     def figures(self, cfg, results, out_dir):
-        modes = [("recalibrated", "population statistics (Alg. 2)"), ("batch_statistics", "each test batch's own")]
+        modes = [("batch_statistics", "each test batch's own statistics")]
         for m in cfg.momenta:
-            modes += [(f"ema_{m:g}_raw", f"moving avg. {m:g}, raw"), (f"ema_{m:g}_corrected", f"moving avg. {m:g}, "
-                                                                                             "bias-corrected")]
+            modes += [(f"ema_{m:g}_raw", f"moving average {m:g}, raw"),
+                      (f"ema_{m:g}_corrected", f"moving average {m:g}, bias-corrected")]
         runs = results.runs["recalibrated"]
-        fig, axes = new_figure(1, 1, width=8.5, height=4.4)
+        fig, axes = new_figure(1, 1, width=8.5, height=0.45 * len(modes) + 2.2)
         ax = axes[0][0]
         for i, (key, label) in enumerate(modes):
-            vals = [r.series["modes"][key] for r in runs]
-            st = style(i)
-            ax.bar(i, sum(vals) / len(vals), color=st["color"], alpha=0.75, label=label)
-            ax.plot([i] * len(vals), vals, linestyle="none", marker=st["marker"], color="black", markersize=4)
-        ax.set_xticks(range(len(modes)), [label for _, label in modes], rotation=30, ha="right", fontsize=8)
-        ax.set(ylabel="test accuracy (%)", ylim=(0, 100),
-               title=f"Which BN statistics at inference? Final network after {cfg.steps} steps at lr {cfg.lr:g}")
-        ax.grid(alpha=0.3, axis="y")
-        legend_below(fig, ncol=3, note=f"bars: mean over seeds {list(cfg.seeds)}; black markers: one seed each")
+            diffs = [r.series["modes"][key] - r.series["modes"]["recalibrated"] for r in runs]
+            st = style(i + 1)
+            ax.barh(i, sum(diffs) / len(diffs), color=st["color"], alpha=0.75, label=label)
+            ax.plot(diffs, [i] * len(diffs), linestyle="none", marker="o", color="black", markersize=3.5,
+                    label="one seed" if i == 0 else None)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(modes)), [label for _, label in modes], fontsize=8)
+        ax.invert_yaxis()
+        ax.set(xlabel="test accuracy minus Algorithm 2's (points)",
+               title=f"How far from Algorithm 2 is each choice of BN statistics? ({cfg.steps} steps, lr {cfg.lr:g})")
+        ax.grid(alpha=0.3, axis="x")
+        legend_below(fig, ncol=2, note=f"bars: mean over seeds {list(cfg.seeds)}; dots: one seed each")
         return (save_figure(fig, out_dir, "inference.png",
-                            "Test accuracy of one final network per seed under each choice of BN statistics: a bar "
-                            "below the Alg. 2 bar means those statistics no longer describe the final network "
-                            "(stale); bias correction removes the initial-value part of the lag, not the "
-                            "network's own change."),)
+                            "Test accuracy of the final network under each choice of BN statistics, relative to "
+                            "Algorithm 2's population statistics (the zero line): a bar left of zero means those "
+                            "statistics no longer describe the final network (stale). Bias correction removes the "
+                            "initial-value part of a small momentum's lag, not the network's own change."),)
 
     def tables(self, cfg, results):
         runs = results.runs["recalibrated"]
