@@ -122,8 +122,8 @@ from bnlab.lab.models.noisy import (  # noqa: E402
 def _implied_noise(layer, x1, x2):
     """(s, m) with y = s·BN(x) + m elementwise, from two inputs under one held draw."""
     plain = nn.BatchNorm2d(layer.num_features).double()
-    z1, z2 = plain(x1), plain(x2)
-    with hold_noise(layer):
+    with torch.no_grad(), hold_noise(layer):
+        z1, z2 = plain(x1), plain(x2)
         y1, y2 = layer(x1), layer(x2)
     s = (y1 - y2) / (z1 - z2)
     return s, y1 - s * z1
