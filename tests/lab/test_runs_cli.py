@@ -170,9 +170,11 @@ def test_stale_results_of_another_run_are_removed_at_start(tmp_path, monkeypatch
     assert train(out, 10) == 0
     import bnlab.lab.engine.train_job as tj
 
+    (out / "tb" / "run").mkdir(parents=True, exist_ok=True)
+    (out / "tb" / "run" / "events.out.tfevents.1.old").write_bytes(b"an earlier run's curves")
     monkeypatch.setattr(tj, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert train(out, 20) == 130  # killed: the 10-step results.json must not stand for this run
-    assert not (out / "results.json").exists()
+    assert not (out / "results.json").exists() and not (out / "tb").exists()
 
 
 def _free_port() -> int:

@@ -57,9 +57,14 @@ def discard_failed(folder: str | os.PathLike, created: bool) -> bool:
 
 
 def remove_stale_results(folder: str | os.PathLike) -> None:
-    """A fresh run starts by deleting the folder's old ``results.json`` (it is not this run's)."""
+    """A fresh run starts by deleting what an earlier run left that would pass for its own:
+    ``results.json`` and the TensorBoard events in ``tb/`` (``metrics.jsonl`` is truncated by
+    the trainer, checkpoints are overwritten)."""
+    folder = Path(folder)
     with contextlib.suppress(FileNotFoundError):
-        (Path(folder) / "results.json").unlink()
+        (folder / "results.json").unlink()
+    if (folder / "tb").is_dir() and not (folder / "tb").is_symlink():
+        shutil.rmtree(folder / "tb", ignore_errors=True)
 
 
 class RunSession:
