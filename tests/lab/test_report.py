@@ -159,7 +159,7 @@ def test_a_curve_missing_from_the_legend_and_an_empty_caption_are_refused(tmp_pa
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install -y chromium)")
-def test_report_in_headlesschromium(records, tmp_path):
+def test_report_in_headless_chromium(records, tmp_path):
     from PIL import Image
 
     page = tmp_path / "report.html"
