@@ -118,6 +118,23 @@ def _run_all(names, loaded, out: Path, preset: str, opts: dict[str, Any], jobs: 
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def expected_duration(loaded: dict[str, Any], preset: str, jobs: int = 1) -> str:
+    """One line with the summed per-experiment estimates of ``preset`` (see ``Experiment.expected_s``)."""
+    known, unknown = 0.0, []
+    for name, exp in loaded.items():
+        est = None if isinstance(exp, tuple) else exp.expected_seconds(preset)
+        if est is None:
+            unknown.append(name)
+        else:
+            known += est
+    wall = known / max(1, min(jobs, len(loaded)))
+    text = (f"expected duration: ~{wall / 60:.0f} min on an idle 2-core machine "
+            f"(sum of per-experiment estimates, runs and controls; Ctrl-C stops, --resume continues)")
+    if unknown:
+        text += f"; no estimate for {', '.join(unknown)}"
+    return text
+
+
 def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool = False, resume: bool = False,
               threads: int | None = None, jobs: int = 1) -> int:
     """Run the experiments (``only`` or all) into ``out``; write the report; return the exit status."""
@@ -142,6 +159,7 @@ def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool
     with RunSession(out):
         print(f"bnlab reproduce --preset {preset} -> {out}/ ({len(names)} experiments, "
               f"{min(jobs, len(names))} at a time)", flush=True)
+        print(expected_duration(loaded, preset, jobs), flush=True)
         for i, (name, result) in enumerate(_run_all(names, loaded, out, preset, opts, jobs), 1):
             exp = loaded[name][0] if isinstance(loaded[name], tuple) else loaded[name]
             if isinstance(result, BaseException):

@@ -112,6 +112,7 @@ class BatchSize(Experiment):
     source = "Wu & He (2018) Fig. 1 / Table 3; Ioffe (2017); Hoffer, Hubara & Soudry (2017)"
     config_cls = BatchSizeConfig
     presets = PRESETS
+    expected_s = {"full": 1800}  # estimate (quick CPU time scaled by steps), not a measured run
     parts = {"small": "small batches hurt BN, not GroupNorm/LayerNorm; Batch Renorm helps (Wu & He; Ioffe)",
              "ghost": "Ghost BN beats BN at a large batch (Hoffer et al.)"}
 

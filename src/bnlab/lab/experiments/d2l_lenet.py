@@ -81,6 +81,7 @@ class D2LLeNet(Experiment):
     config_cls = D2LConfig
     presets = PRESETS
     budget_s = 70
+    expected_s = {"full": 1080}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def arms(self, cfg):
         return [Arm("plain", "sigmoid LeNet without BN", baseline=True),

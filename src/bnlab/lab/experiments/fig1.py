@@ -131,6 +131,7 @@ class Fig1(Experiment):
     source = "Ioffe & Szegedy (2015), Section 4.1, Figure 1"
     config_cls = Fig1Config
     presets = PRESETS
+    expected_s = {"full": 1570}  # estimate (quick CPU time scaled by steps), not a measured run
     parts = {"accuracy": "higher test accuracy, reached faster",
              "stability": "stable sigmoid-input distributions"}
 

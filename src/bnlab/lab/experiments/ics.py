@@ -131,6 +131,7 @@ class Ics(Experiment):
     source = "Ioffe & Szegedy (2015) Sec. 1–2; Santurkar et al. (2018) Sec. 2.1–2.2, Figures 2–3"
     config_cls = IcsConfig
     presets = PRESETS
+    expected_s = {"full": 650}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def arms(self, cfg):
         return (Arm("bn", "BN", baseline=True), Arm("noisy", "noisy BN"), Arm("plain", "no BN"))

@@ -117,6 +117,7 @@ class Inference(Experiment):
     source = "Ioffe & Szegedy (2015), Section 3.1, Algorithm 2"
     config_cls = InferenceConfig
     presets = PRESETS
+    expected_s = {"full": 420}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def __init__(self) -> None:
         self._context: Any = None                     # (cfg, data, out_dir) the cache belongs to

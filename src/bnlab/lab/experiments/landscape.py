@@ -83,6 +83,7 @@ class Landscape(Experiment):
     source = "Santurkar, Tsipras, Ilyas & Madry (2018), Section 3.1, Figure 4"
     config_cls = LandscapeConfig
     presets = PRESETS
+    expected_s = {"full": 720}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def arms(self, cfg):
         return (Arm("plain", "no BN", baseline=True), Arm("bn", "BN", params={"bn": True}))

@@ -117,6 +117,7 @@ class Lr(Experiment):
     source = "Ioffe & Szegedy (2015), Sections 3.3 and 4.2.1–4.2.2, Figure 3"
     config_cls = LrConfig
     presets = PRESETS
+    expected_s = {"full": 1300}  # estimate (quick CPU time scaled by steps), not a measured run
     parts = {"speed": "BN, and BN at 5×/30× the learning rate, train faster",
              "sigmoid": "with BN a sigmoid network trains"}
 

@@ -93,6 +93,7 @@ class LrSweep(Experiment):
     parts = {"large lr": "BN allows larger learning rates and is better at its best one",
              "small lr": "at a small learning rate BN and no-BN train alike"}
     budget_s = 70
+    expected_s = {"full": 960}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def arms(self, cfg):
         return [Arm("plain", "ReLU MLP without BN", baseline=True), Arm("bn", "ReLU MLP with BN")]

@@ -93,6 +93,7 @@ class ScaleShift(Experiment):
     parts = {"sigmoid": "sigmoid: γ, β leave the linear band and help accuracy",
              "relu": "ReLU: γ is redundant once β is learned"}
     budget_s = 70
+    expected_s = {"full": 900}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def arms(self, cfg):
         return [Arm(f"{act}-{mode}", f"{act}, {_MODES[mode]}", baseline=(act, mode) == ("sigmoid", "none"),

@@ -135,6 +135,7 @@ class WallClock(Experiment):
     presets = PRESETS
     parts = {"per step": "a BN step takes longer", "to accuracy": "the target is reached sooner, in steps and seconds"}
     budget_s = 45
+    expected_s = {"full": 360}  # estimate (quick CPU time scaled by steps), not a measured run
 
     def arms(self, cfg):
         return [Arm("plain", "without BN", baseline=True), Arm("bnlab", "with bnlab BN"),

@@ -145,6 +145,15 @@ class Experiment:
     presets: ClassVar[Mapping[str, Any]]          # "tiny", "quick", "full", "paper", ...
     parts: ClassVar[Mapping[str, str]] = {}       # separable parts of the claim: name -> text
     budget_s: ClassVar[float] = 75.0              # the quick preset's share of `reproduce` (2 cores)
+    # estimated wall seconds of a preset (run + control, idle 2-core machine, threads 1), printed by
+    # `bnlab reproduce` before it starts; "quick" defaults to budget_s, presets without one are unknown
+    expected_s: ClassVar[Mapping[str, float]] = {}
+
+    def expected_seconds(self, preset: str) -> float | None:
+        """Estimated wall time of ``preset`` in seconds, or ``None`` when there is no estimate."""
+        if preset in self.expected_s:
+            return float(self.expected_s[preset])
+        return float(self.budget_s) if preset == "quick" else None
 
     def arms(self, cfg) -> Sequence[Arm]:
         raise NotImplementedError
