@@ -48,6 +48,15 @@ def is_concrete(*tensors) -> bool:
     return True
 
 
+def _all_match(input, c, tensors) -> bool:
+    """True when every non-None tensor of ``tensors`` has ``c`` elements, ``input``'s dtype and device."""
+    dt, dev = input.dtype, input.device
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or t.numel() != c or t.dtype is not dt or t.device != dev):
+            return False
+    return True
+
+
 def check_input(input, running_mean=None, running_var=None, weight=None, bias=None, training=False, eps=None):
     """Raise the error ``torch.nn.functional.batch_norm`` raises for an argument it cannot use.
 
@@ -67,6 +76,11 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     if input.dim() < 2:
         raise BatchNormRankError(f"batch_norm: expected at least 2D input (N, C, *), got {input.dim()}D input")
     c = input.shape[1]
+    if _all_match(input, c, (running_mean, running_var, weight, bias)) and eps is not None and (
+            running_mean is not None or training) and (running_mean is None) == (running_var is None):
+        # the common case in one pass: every tensor given has C elements, the input's dtype and device
+        if (eps > 0.0 if training else eps >= 0.0) and not (training and count_per_channel(input) == 1):
+            return
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
