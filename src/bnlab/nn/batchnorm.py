@@ -138,6 +138,18 @@ class _BatchNorm(_TorchBatchNorm):
                 stacklevel=4,
             )
 
+    def _scripted_policy(self) -> tuple[bool, bool]:
+        """``(use_batch_stats, update_running_stats)`` resolved in TorchScript-compilable code."""
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or self.running_mean is None
+        update = self.training and self.track_running_stats
+        urs = self.update_running_stats
+        if urs is not None:
+            update = urs
+        return use_batch, update and self.running_mean is not None
+
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """The forward TorchScript compiles: the same policy, the same ``bnlab`` operators.
 
@@ -146,20 +158,13 @@ class _BatchNorm(_TorchBatchNorm):
         """
         if input.dim() < 2:
             raise ValueError("expected at least 2D input")
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or self.running_mean is None
+        use_batch, update = self._scripted_policy()
         rm = self.running_mean
         rv = self.running_var
         if not use_batch:
             if rm is None or rv is None:
                 raise RuntimeError("running_mean must be defined in evaluation mode")
             return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
-        update = self.training and self.track_running_stats
-        urs = self.update_running_stats
-        if urs is not None:
-            update = urs
         if update and rm is not None:
             return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
                                             self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]

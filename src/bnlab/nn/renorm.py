@@ -126,10 +126,7 @@ class _BatchRenorm(_BatchNorm):
         """TorchScript's forward: eval mode (Alg. 2) only; training raises (BatchRenorm its r/d corrections and σ moving average are not compiled to TorchScript)."""
         rm = self.running_mean
         rv = self.running_var
-        use_batch = self.training or rm is None
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or rm is None
+        use_batch = self._scripted_policy()[0]
         if use_batch or rm is None or rv is None:
             raise RuntimeError("BatchRenorm in TorchScript normalizes in eval mode only: its r/d corrections and σ moving average are not compiled to TorchScript; train it in eager mode or with torch.compile, script it in eval mode")
         return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)

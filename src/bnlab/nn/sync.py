@@ -189,10 +189,7 @@ class SyncBatchNorm(_BatchNorm):
         """TorchScript's forward: eval mode (Alg. 2) only; training raises (SyncBatchNorm TorchScript cannot run the torch.distributed collectives)."""
         rm = self.running_mean
         rv = self.running_var
-        use_batch = self.training or rm is None
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or rm is None
+        use_batch = self._scripted_policy()[0]
         if use_batch or rm is None or rv is None:
             raise RuntimeError("SyncBatchNorm in TorchScript normalizes in eval mode only: TorchScript cannot run the torch.distributed collectives; train it in eager mode, script it in eval mode")
         return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
