@@ -200,13 +200,33 @@ def batch_norm_eval(input, mean, var, weight, bias, eps):
     if _onnx_capture():
         return torch.ops.aten._native_batch_norm_legit_no_training.default(
             input, weight, bias, mean.detach(), var.detach(), 0.0, float(eps))[0]
-    return K.bn_eval(input, mean.detach(), var.detach(), weight, bias, float(eps))
+    if mean.requires_grad or var.requires_grad:                      # constants for autograd (Alg. 2)
+        mean, var = mean.detach(), var.detach()
+    return K.bn_eval(input, mean, var, weight, bias, float(eps))
 
 
 def _onnx_capture() -> bool:
     """True while the ONNX exporter (``dynamo=True``) captures a graph with ``torch.export``."""
-    onnx = sys.modules.get("torch.onnx")
-    return onnx is not None and onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    flags = _ONNX_FLAGS[0]
+    if flags is None:                                                # torch.onnx not imported (yet)
+        onnx = sys.modules.get("torch.onnx")
+        if onnx is None:
+            return False
+        flags = _ONNX_FLAGS[0] = _onnx_flags(onnx)
+    return flags() and not torch.jit.is_tracing()
+
+
+def _onnx_flags(onnx):
+    """The cheapest reliable "is the dynamo ONNX exporter running" test this torch offers."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+
+        return lambda: _flags._is_onnx_exporting
+    except ImportError:                                              # another torch layout: the public test
+        return onnx.is_in_onnx_export
+
+
+_ONNX_FLAGS = [None]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):

@@ -103,19 +103,18 @@ class _BatchNorm(_TorchBatchNorm):
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch = self._uses_batch_stats()
+        rm, rv, w, b = self.running_mean, self.running_var, self.weight, self.bias
         # every check happens before any state changes: a bad call leaves the buffers as they were
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
-                      eps=self.eps)
+        F.check_input(input, rm, rv, w, b, training=use_batch, eps=self.eps)
         if not use_batch:
             # Alg. 2: y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with the population estimates
-            return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+            return F.batch_norm_eval(input, rm, rv, w, b, self.eps)
         # Alg. 1 with the mini-batch statistics μ_B, σ²_B; the operator folds them into the
         # running ones in place (guarded) when this layer updates them
         if not self._updates_running_stats():
-            return F.batch_norm_train(input, self.weight, self.bias, self.eps)[0]
-        y, ok = F.batch_norm_train_tracked(
-            input, self.weight, self.bias, self.running_mean, self.running_var, self.num_batches_tracked,
-            self.momentum, self.eps, self.nonfinite_guard)
+            return F.batch_norm_train(input, w, b, self.eps)[0]
+        y, ok = F.batch_norm_train_tracked(input, w, b, rm, rv, self.num_batches_tracked,
+                                           self.momentum, self.eps, self.nonfinite_guard)
         self._note_guard(ok)
         return y
 
@@ -127,6 +126,9 @@ class _BatchNorm(_TorchBatchNorm):
         """
         if not self.nonfinite_guard or not F.is_concrete(ok) or bool(ok):
             return
+        self._count_skipped(stacklevel=5)
+
+    def _count_skipped(self, stacklevel: int) -> None:
         self.skipped_batches += 1
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
@@ -135,7 +137,7 @@ class _BatchNorm(_TorchBatchNorm):
                 "the running statistics (counted in .skipped_batches; set nonfinite_guard=False "
                 "to disable)",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
 
     def _scripted_policy(self) -> tuple[bool, bool]:
@@ -149,6 +151,14 @@ class _BatchNorm(_TorchBatchNorm):
         if urs is not None:
             update = urs
         return use_batch, update and self.running_mean is not None
+
+    def _scripted_eval_only(self, input: Tensor, refusal: str) -> Tensor:
+        """TorchScript forward of a layer whose training step has no script form: Alg. 2, or ``refusal``."""
+        rm = self.running_mean
+        rv = self.running_var
+        if self._scripted_policy()[0] or rm is None or rv is None:
+            raise RuntimeError(refusal)
+        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """The forward TorchScript compiles: the same policy, the same ``bnlab`` operators.
@@ -179,16 +189,7 @@ class _BatchNorm(_TorchBatchNorm):
             self._track_traceable(mean, var, m)
             return
         if m > 0 and self.nonfinite_guard and not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
-            self.skipped_batches += 1
-            if not self._warned_nonfinite:
-                self._warned_nonfinite = True
-                warnings.warn(
-                    f"{type(self).__name__}: a batch with non-finite statistics was not folded into "
-                    "the running statistics (counted in .skipped_batches; set nonfinite_guard=False "
-                    "to disable)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            self._count_skipped(stacklevel=5)
             return
         self.num_batches_tracked.add_(1)
         if self.momentum is None:
