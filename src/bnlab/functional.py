@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from torch.autograd import forward_ad as _fwAD
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import kernels as K
@@ -48,6 +49,10 @@ def is_concrete(*tensors) -> bool:
     return True
 
 
+def _has_tangent(t) -> bool:
+    return t is not None and _fwAD.unpack_dual(t).tangent is not None
+
+
 def _all_match(input, c, tensors) -> bool:
     """True when every non-None tensor of ``tensors`` has ``c`` elements, ``input``'s dtype and device."""
     dt, dev = input.dtype, input.device
@@ -76,7 +81,7 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     if input.dim() < 2:
         raise BatchNormRankError(f"batch_norm: expected at least 2D input (N, C, *), got {input.dim()}D input")
     c = input.shape[1]
-    if _all_match(input, c, (running_mean, running_var, weight, bias)) and eps is not None and (
+    if _all_match(input, c, (running_mean, running_var, weight, bias)) and eps is not None and _fwAD._current_level < 0 and (
             running_mean is not None or training) and (running_mean is None) == (running_var is None):
         # the common case in one pass: every tensor given has C elements, the input's dtype and device
         if (eps > 0.0 if training else eps >= 0.0) and not (training and count_per_channel(input) == 1):
@@ -107,6 +112,9 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
                 "parameters and statistics must share the input's dtype (or be float32 for "
                 "float16/bfloat16 input)"
             )
+    if _fwAD._current_level >= 0 and _has_tangent(input) and (_has_tangent(running_mean) or _has_tangent(running_var)):
+        raise RuntimeError("batch_norm is not differentiable wrt running_mean and running_var, they cannot have "
+                           "forward grad defined")
     if eps is not None:
         if training and not eps > 0.0:
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
