@@ -7,6 +7,29 @@ import torch
 from peer_binding import BINDINGS, RefuseTorchBatchNormKernels, bnlab_targets
 
 
+# bnlab failures of tests that pass on torch, each with the open request that tracks it (strict: a fix
+# makes the entry fail as XPASS, so it gets removed). Keys: (test file, test name, words of its pytest id).
+KNOWN_BNLAB_FAILURES = {
+    ("test_modules_batchnorm.py", "test_errors", ("f64",)):
+        "float64 input, float32 parameters, eps<=0: bnlab reports the dtype mismatch before the eps error; "
+        "torch raises ValueError 'eps must be positive' first",
+    ("test_modules_batchnorm.py", "test_memory_format", ("f32", "train", "BatchNorm2d")):
+        "channels-last training gradients differ from the contiguous ones by up to 1.6e-5 (float32 tolerance 1e-5; "
+        "torch stays within it)",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("binding") != "bnlab":
+            continue
+        words = set(callspec.id.split("-"))
+        for (file, test, id_words), reason in KNOWN_BNLAB_FAILURES.items():
+            if item.path.name == file and item.originalname == test and set(id_words) <= words:
+                item.add_marker(pytest.mark.xfail(reason=f"bnlab bug, open: {reason}", strict=True))
+
+
 def pytest_generate_tests(metafunc):
     if "binding" in metafunc.fixturenames:
         metafunc.parametrize("binding", BINDINGS, indirect=True)
