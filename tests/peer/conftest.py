@@ -40,6 +40,10 @@ def binding(request, monkeypatch):
     """Bind torch's batch-norm names to the implementation under test (restored afterwards)."""
     name = getattr(request, "param", "torch")
     torch.manual_seed(0)
+    # these tensors are tiny: one thread is faster than a team that waits on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     if name == "torch":
         yield name
         return

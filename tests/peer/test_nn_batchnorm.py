@@ -25,7 +25,6 @@ from torch.testing import assert_close
 from torch.testing._internal.common_nn import _test_module_empty_input
 from torch.testing._internal.common_utils import TestCase, gradcheck, gradgradcheck
 
-from peer_binding import TORCH, torch_oracle
 
 
 _ASSERTS = TestCase()  # PyTorch's assertEqual, for the helpers of common_nn that take a test case
@@ -475,15 +474,16 @@ def test_batchnorm_simple_average_mixed(dtype):
 
 
 def test_batchnorm_large_batch():
-    """test_batchnorm_large_batch (CUDA-only there: a launch-size bug), run on the CPU with torch as the oracle."""
+    """test_batchnorm_large_batch (CUDA-only there: a launch-size bug), on the CPU with a float64 oracle.
+
+    The original only checks that forward and backward run. The oracle's tolerance is what torch's own
+    float32 CPU kernel meets on one thread (its error on this 880 801-value channel is about 3e-4).
+    """
     bn = nn.BatchNorm2d(1)
     data = torch.rand(880801, 1, 1, 1)
     bn(data).sum().backward()
-    # the original only checks that this runs; the oracle adds the numbers
-    ref = TORCH["BatchNorm2d"](1)
-    with torch_oracle():
-        expected = ref(data)
-    assert_close(bn(data), expected, rtol=1e-4, atol=1e-4)
+    expected = (data.double() - data.double().mean()) / torch.sqrt(data.double().var(unbiased=False) + bn.eps)
+    assert_close(bn(data).double(), expected, rtol=0, atol=1e-3)
 
 
 def test_BatchNorm_empty():
