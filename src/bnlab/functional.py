@@ -81,11 +81,20 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     if input.dim() < 2:
         raise BatchNormRankError(f"batch_norm: expected at least 2D input (N, C, *), got {input.dim()}D input")
     c = input.shape[1]
-    if _all_match(input, c, (running_mean, running_var, weight, bias)) and eps is not None and _fwAD._current_level < 0 and (
-            running_mean is not None or training) and (running_mean is None) == (running_var is None):
+    if (_all_match(input, c, (running_mean, running_var, weight, bias)) and eps is not None
+            and _fwAD._current_level < 0 and (running_mean is not None or training)
+            and (running_mean is None) == (running_var is None)):
         # the common case in one pass: every tensor given has C elements, the input's dtype and device
         if (eps > 0.0 if training else eps >= 0.0) and not (training and count_per_channel(input) == 1):
             return
+    # PyTorch's order: the batch size, then eps, then the tensors' sizes, devices and dtypes
+    if training and count_per_channel(input) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if eps is not None:
+        if training and not eps > 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+        if not eps >= 0.0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
@@ -115,17 +124,6 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     if _fwAD._current_level >= 0 and _has_tangent(input) and (_has_tangent(running_mean) or _has_tangent(running_var)):
         raise RuntimeError("batch_norm is not differentiable wrt running_mean and running_var, they cannot have "
                            "forward grad defined")
-    if eps is not None:
-        if training and not eps > 0.0:
-            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-        if not eps >= 0.0:
-            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if training:
-        m = count_per_channel(input)
-        if m == 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {input.size()}"
-            )
 
 
 @torch.no_grad()
