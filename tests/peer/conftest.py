@@ -10,9 +10,6 @@ from peer_binding import BINDINGS, RefuseTorchBatchNormKernels, bnlab_targets
 # bnlab failures of tests that pass on torch, each with the open request that tracks it (strict: a fix
 # makes the entry fail as XPASS, so it gets removed). Keys: (test file, test name, words of its pytest id).
 KNOWN_BNLAB_FAILURES = {
-    ("test_modules_batchnorm.py", "test_errors", ("f64",)):
-        "float64 input, float32 parameters, eps<=0: bnlab reports the dtype mismatch before the eps error; "
-        "torch raises ValueError 'eps must be positive' first",
     ("test_modules_batchnorm.py", "test_memory_format", ("f32", "train", "BatchNorm2d")):
         "channels-last training gradients differ from the contiguous ones by up to 1.6e-5 (float32 tolerance 1e-5; "
         "torch stays within it)",
