@@ -282,7 +282,10 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
   const int nt = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(nt) * 2 * C, 0.0);
   at::parallel_for(0, g.rows(), grain, [&](int64_t r0, int64_t r1) {
-    double* a = acc.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C;
+    // the thread's own slot; a serial call from inside someone else's parallel region may
+    // report a thread id beyond our count: it is then the only thread here
+    const int slot = std::min<int>(at::get_thread_num(), nt - 1);
+    double* a = acc.data() + static_cast<size_t>(slot) * 2 * C;
     constexpr int64_t kRows = 64;
     std::vector<T> t1(C), t2(C);
     Vec pv[K > 0 ? K : 1];
