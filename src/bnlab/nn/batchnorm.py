@@ -80,9 +80,13 @@ class _BatchNorm(_TorchBatchNorm):
         self.nonfinite_guard, self.skipped_batches = cls.nonfinite_guard, 0
 
     def _uses_batch_stats(self) -> bool:
+        return self._batch_stats_policy(self.running_mean, self.running_var)
+
+    def _batch_stats_policy(self, rm: Tensor | None, rv: Tensor | None) -> bool:
+        """Normalize with the batch statistics? (``use_batch_stats`` or the mode, given the buffers.)"""
         if self.use_batch_stats is not None:
-            return bool(self.use_batch_stats) or self.running_mean is None
-        return self.training or (self.running_mean is None and self.running_var is None)
+            return bool(self.use_batch_stats) or rm is None
+        return self.training or (rm is None and rv is None)
 
     def _updates_running_stats(self) -> bool:
         if self.running_mean is None:
@@ -102,8 +106,10 @@ class _BatchNorm(_TorchBatchNorm):
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        use_batch = self._uses_batch_stats()
-        rm, rv, w, b = self.running_mean, self.running_var, self.weight, self.bias
+        # the registered tensors, read from the Module's dicts once (Module.__getattr__ is slow per call)
+        bufs, params = self._buffers, self._parameters
+        rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
+        use_batch = self._batch_stats_policy(rm, rv)
         # every check happens before any state changes: a bad call leaves the buffers as they were
         F.check_input(input, rm, rv, w, b, training=use_batch, eps=self.eps)
         if not use_batch:
@@ -113,7 +119,7 @@ class _BatchNorm(_TorchBatchNorm):
         # running ones in place (guarded) when this layer updates them
         if not self._updates_running_stats():
             return F.batch_norm_train(input, w, b, self.eps)[0]
-        y, ok = F.batch_norm_train_tracked(input, w, b, rm, rv, self.num_batches_tracked,
+        y, ok = F.batch_norm_train_tracked(input, w, b, rm, rv, bufs.get("num_batches_tracked"),
                                            self.momentum, self.eps, self.nonfinite_guard)
         self._note_guard(ok)
         return y
