@@ -158,13 +158,19 @@ class _BatchNorm(_TorchBatchNorm):
             update = urs
         return use_batch, update and self.running_mean is not None
 
-    def _scripted_eval_only(self, input: Tensor, refusal: str) -> Tensor:
-        """TorchScript forward of a layer whose training step has no script form: Alg. 2, or ``refusal``."""
+    def _scripted_eval(self, input: Tensor) -> Tensor:
+        """Alg. 2 in TorchScript: ``bnlab::bn_eval`` with the running statistics."""
         rm = self.running_mean
         rv = self.running_var
-        if self._scripted_policy()[0] or rm is None or rv is None:
-            raise RuntimeError(refusal)
+        if rm is None or rv is None:
+            raise RuntimeError("running_mean must be defined in evaluation mode")
         return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+
+    def _scripted_eval_only(self, input: Tensor, refusal: str) -> Tensor:
+        """TorchScript forward of a layer whose training step has no script form: Alg. 2, or ``refusal``."""
+        if self._scripted_policy()[0]:
+            raise RuntimeError(refusal)
+        return self._scripted_eval(input)
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """The forward TorchScript compiles: the same policy, the same ``bnlab`` operators.
@@ -175,12 +181,10 @@ class _BatchNorm(_TorchBatchNorm):
         if input.dim() < 2:
             raise ValueError("expected at least 2D input")
         use_batch, update = self._scripted_policy()
+        if not use_batch:
+            return self._scripted_eval(input)
         rm = self.running_mean
         rv = self.running_var
-        if not use_batch:
-            if rm is None or rv is None:
-                raise RuntimeError("running_mean must be defined in evaluation mode")
-            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
         if update and rm is not None:
             return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
                                             self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
