@@ -32,7 +32,7 @@ TORCH = {
     "batch_norm": torch.nn.functional.batch_norm,
 }
 
-BINDINGS = ("torch", "bnlab")
+BINDINGS = ("torch", "bnlab", "bnlab_ref")  # bnlab_ref: bnlab on its reference backend
 
 
 def _torch_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps,
