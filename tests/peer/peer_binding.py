@@ -2,8 +2,8 @@
 
 Run PyTorch's own batch-norm tests twice: on torch's layers, then with torch's names bound to bnlab's.
 
-Every test in this folder takes the ``binding`` fixture (autouse), parametrized ``torch`` and
-``bnlab``.  Under ``bnlab`` the *names* ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.SyncBatchNorm``
+Every test in this folder takes the ``binding`` fixture below (autouse), parametrized ``torch``,
+``bnlab`` and ``bnlab_ref`` (bnlab on its reference backend).  Under ``bnlab`` the *names* ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.SyncBatchNorm``
 (in ``torch.nn``, ``torch.nn.modules`` and ``torch.nn.modules.batchnorm``),
 ``torch.nn.functional.batch_norm`` and ``torch.batch_norm`` point at bnlab's objects for the
 test's duration and are restored afterwards.  The classes themselves are never modified:
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 import torch.nn.modules.batchnorm as _torch_bn_module
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -79,3 +80,48 @@ def torch_oracle():
     finally:
         for owner, attr, value in saved:
             setattr(owner, attr, value)
+
+
+# bnlab failures of tests that pass on torch, each with the open request that tracks it (strict: a fix
+# makes the entry fail as XPASS, so it gets removed). Keys: (binding, test file, test name, words of its pytest id).
+KNOWN_BNLAB_FAILURES = {
+    ("bnlab", "test_modules_batchnorm.py", "test_memory_format", ("f32", "train", "BatchNorm2d")):
+        "compiled kernels: channels-last training gradients differ from the contiguous ones by up to 1.6e-5 "
+        "(float32 tolerance 1e-5; torch and bnlab's reference backend stay within it)",
+}
+
+
+def _mark_known_failure(node, name):
+    callspec = getattr(node, "callspec", None)
+    words = set(callspec.id.split("-")) if callspec is not None else set()
+    for (where, file, test, id_words), reason in KNOWN_BNLAB_FAILURES.items():
+        if where == name and node.path.name == file and node.originalname == test and set(id_words) <= words:
+            node.add_marker(pytest.mark.xfail(reason=f"bnlab bug, open: {reason}", strict=True))
+
+
+@pytest.fixture(autouse=True, params=BINDINGS)
+def binding(request, monkeypatch):
+    """Bind torch's batch-norm names to the implementation under test (restored afterwards).
+
+    Each test module imports this fixture; being autouse and parametrized, it runs every test once per binding.
+    (No conftest.py here: a second module named ``conftest`` would shadow tests/conftest.py for the
+    suite's ``from conftest import ...``.)
+    """
+    name = request.param
+    torch.manual_seed(0)
+    # these tensors are tiny: one thread is faster than a team that waits on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    if name == "torch":
+        yield name
+        return
+    _mark_known_failure(request.node, name)
+    if name == "bnlab_ref":  # bnlab's pure-torch reference kernels instead of the compiled ones
+        previous = bnlab.get_backend()
+        bnlab.set_backend("reference")
+        request.addfinalizer(lambda: bnlab.set_backend(previous))
+    for owner, attr, value in bnlab_targets():
+        monkeypatch.setattr(owner, attr, value)
+    with RefuseTorchBatchNormKernels():
+        yield name

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import bnlab
-from peer_binding import TORCH
+from peer_binding import TORCH, binding  # noqa: F401 (the autouse fixture)
 
 
 def test_names_are_bound(binding):

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.testing import assert_close
 
+from peer_binding import binding  # noqa: F401 (the autouse fixture: every test on torch, bnlab, bnlab_ref)
+
 
 @pytest.fixture(params=[False, True], ids=["assign", "swap"])
 def swap(request):

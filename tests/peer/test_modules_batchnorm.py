@@ -26,7 +26,7 @@ from torch._subclasses.meta_utils import assert_metadata_eq
 from torch.testing._internal.common_modules import ModuleErrorEnum, module_db
 from torch.testing._internal.common_utils import TestCase, freeze_rng_state, gradcheck, gradgradcheck
 
-from peer_binding import TORCH, torch_oracle
+from peer_binding import TORCH, torch_oracle, binding  # noqa: F401 (the autouse fixture)
 
 NAMES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 INFO = {name: next(info for info in module_db if info.module_cls is TORCH[name]) for name in NAMES}

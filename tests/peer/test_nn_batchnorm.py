@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn import Parameter
 from torch.testing import assert_close
+
+from peer_binding import binding  # noqa: F401 (the autouse fixture: every test on torch, bnlab, bnlab_ref)
 from torch.testing._internal.common_nn import _test_module_empty_input
 from torch.testing._internal.common_utils import TestCase, gradcheck, gradgradcheck
 
