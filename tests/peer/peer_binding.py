@@ -1,12 +1,12 @@
 """The two bindings of PyTorch's batch-norm names under which tests/peer runs: torch's own, and bnlab's.
 
-Run PyTorch's own batch-norm tests twice: on torch's layers, then with torch's names bound to bnlab's.
+Run PyTorch's own batch-norm tests on torch's layers, then with torch's names bound to bnlab's.
 
 Every test in this folder takes the ``binding`` fixture below (autouse), parametrized ``torch``,
 ``bnlab`` and ``bnlab_ref`` (bnlab on its reference backend).  Under ``bnlab`` the *names* ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.SyncBatchNorm``
 (in ``torch.nn``, ``torch.nn.modules`` and ``torch.nn.modules.batchnorm``),
 ``torch.nn.functional.batch_norm`` and ``torch.batch_norm`` point at bnlab's objects for the
-test's duration and are restored afterwards.  The classes themselves are never modified:
+test's duration and are restored afterwards (``bnlab_ref``: the same on bnlab's reference backend).  The classes themselves are never modified:
 bnlab's layers subclass torch's, so patching a class would change bnlab too.
 
 Under ``bnlab`` a dispatch mode also refuses every ATen batch-norm kernel, so a test that

@@ -4,7 +4,7 @@ Origin: pytorch/pytorch ``test/nn/test_load_state_dict.py`` (read at commit
 14bf97ae6322923a44317378bdc4923fbecbd01c), class TestLoadStateDict: the tests whose models hold a
 BatchNorm layer, re-expressed for pytest. ``@swap([True, False])`` becomes the ``swap`` parameter
 (torch.__future__.set_swap_module_params_on_conversion). PyTorch is BSD-3-Clause licensed, see
-LICENSE-PYTORCH. Every test runs under both bindings of torch's BN names (conftest.py).
+LICENSE-PYTORCH. Every test runs under each binding of torch's BN names (peer_binding.py).
 """
 from __future__ import annotations
 
