@@ -10,7 +10,7 @@ on the CPU. The inputs are PyTorch's own: ``module_db`` and its ``module_inputs_
 float64; test_grad/test_gradgrad float64 only; test_to/test_to_empty float32 only, as there).
 PyTorch is BSD-3-Clause licensed, see LICENSE-PYTORCH; README.md lists what is left out and why.
 
-Every test runs under both bindings (peer_binding.py). module_db gives BN no ``reference_fn``, so
+Every test runs under each binding (peer_binding.py). module_db gives BN no ``reference_fn``, so
 test_forward adds one: torch's own layer holding the same state.
 """
 from __future__ import annotations

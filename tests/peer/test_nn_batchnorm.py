@@ -5,7 +5,7 @@ each test below carries the name of the one it re-expresses, with its checks kep
 assertions written as pytest/torch.testing ones. Device-parametrized tests run on ``cpu`` only.
 PyTorch is BSD-3-Clause licensed, see LICENSE-PYTORCH; README.md lists what is left out and why.
 
-Every test runs under both bindings of torch's names (peer_binding.py): ``nn.BatchNorm*d``,
+Every test runs under each binding of torch's names (peer_binding.py): ``nn.BatchNorm*d``,
 ``nn.SyncBatchNorm``, ``F.batch_norm`` and ``torch.batch_norm`` are looked up at call time, as
 in the original tests, so under ``bnlab`` they are bnlab's.
 """
