@@ -29,6 +29,14 @@ def _forward(module: nn.Module, input: Tensor) -> Tensor:
     return module._forward_impl(input)
 
 
+def _check_not_fx_root(module: nn.Module, input) -> None:
+    """A bnlab layer traced by ``torch.fx`` as the root module cannot name itself in its own graph."""
+    if isinstance(input, torch.fx.Proxy) and input.tracer.root is module:
+        raise TypeError(
+            f"torch.fx.symbolic_trace of a bare {module._get_name()}: trace a model that contains it, "
+            "e.g. torch.fx.symbolic_trace(nn.Sequential(layer))")
+
+
 # symbolic_trace records bnlab layers as one call_function node each (the layer's own
 # Python checks and branches need real tensors); the GraphModule calls the layer at run time
 torch.fx.wrap("_forward")
@@ -102,6 +110,7 @@ class _BatchNorm(_TorchBatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return self._scripted_forward(input)
+        _check_not_fx_root(self, input)
         return _forward(self, input)
 
     def _forward_impl(self, input: Tensor) -> Tensor:
