@@ -134,6 +134,21 @@ def test_copy_by_default_inplace_on_request(caplog):
     assert same is model and type(model[1]) is bnlab.BatchNorm2d
 
 
+def test_fuse_act_fuses_bn_relu_pairs_and_keeps_the_function():
+    torch.manual_seed(0)
+    model = make_model()
+    _train_a_bit(model)
+    model.eval()
+    out, report = bnlab.convert_model(model, fuse_act=True, return_report=True)
+    assert report.fused == 2 and "fused 2" in str(report)
+    assert type(out[1]) is bnlab.BatchNormAct2d and type(out[2]) is nn.Identity
+    assert out.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(4, 3, 6, 6)
+    torch.testing.assert_close(out(x), model(x))
+    with pytest.raises(ValueError, match="fuse_act"):
+        bnlab.convert_model(model, to="torch", fuse_act=True)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'bnlab' or 'torch'"):
         bnlab.convert_model(nn.BatchNorm2d(3), to="keras")

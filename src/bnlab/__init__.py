@@ -14,7 +14,7 @@ from .nn import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from .nn import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, freeze_batchnorm
 from .nn import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from .nn import get_norm_layer
-from .surgery import ConvertReport, FoldReport, convert_model, fold_batchnorm, recalibrate
+from .surgery import ConvertReport, FoldReport, convert_model, fold_batchnorm, fuse_bn_act, recalibrate
 
 from . import _onnx as _onnx_registration
 from . import errors
@@ -45,6 +45,7 @@ __all__ = [
     "BatchNormAct3d",
     "get_norm_layer",
     "fold_batchnorm",
+    "fuse_bn_act",
     "FoldReport",
     "recalibrate",
     "functional",

@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from torch.autograd import forward_ad as _fwAD
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import kernels as K
@@ -48,6 +49,19 @@ def is_concrete(*tensors) -> bool:
     return True
 
 
+def _has_tangent(t) -> bool:
+    return t is not None and _fwAD.unpack_dual(t).tangent is not None
+
+
+def _all_match(input, c, tensors) -> bool:
+    """True when every non-None tensor of ``tensors`` has ``c`` elements, ``input``'s dtype and device."""
+    dt, dev = input.dtype, input.device
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or t.numel() != c or t.dtype is not dt or t.device != dev):
+            return False
+    return True
+
+
 def check_input(input, running_mean=None, running_var=None, weight=None, bias=None, training=False, eps=None):
     """Raise the error ``torch.nn.functional.batch_norm`` raises for an argument it cannot use.
 
@@ -67,6 +81,20 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     if input.dim() < 2:
         raise BatchNormRankError(f"batch_norm: expected at least 2D input (N, C, *), got {input.dim()}D input")
     c = input.shape[1]
+    if (_all_match(input, c, (running_mean, running_var, weight, bias)) and eps is not None
+            and _fwAD._current_level < 0 and (running_mean is not None or training)
+            and (running_mean is None) == (running_var is None)):
+        # the common case in one pass: every tensor given has C elements, the input's dtype and device
+        if (eps > 0.0 if training else eps >= 0.0) and not (training and count_per_channel(input) == 1):
+            return
+    # PyTorch's order: the batch size, then eps, then the tensors' sizes, devices and dtypes
+    if training and count_per_channel(input) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if eps is not None:
+        if training and not eps > 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+        if not eps >= 0.0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
@@ -93,17 +121,9 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
                 "parameters and statistics must share the input's dtype (or be float32 for "
                 "float16/bfloat16 input)"
             )
-    if eps is not None:
-        if training and not eps > 0.0:
-            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-        if not eps >= 0.0:
-            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if training:
-        m = count_per_channel(input)
-        if m == 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {input.size()}"
-            )
+    if _fwAD._current_level >= 0 and _has_tangent(input) and (_has_tangent(running_mean) or _has_tangent(running_var)):
+        raise RuntimeError("batch_norm is not differentiable wrt running_mean and running_var, they cannot have "
+                           "forward grad defined")
 
 
 @torch.no_grad()
@@ -186,13 +206,33 @@ def batch_norm_eval(input, mean, var, weight, bias, eps):
     if _onnx_capture():
         return torch.ops.aten._native_batch_norm_legit_no_training.default(
             input, weight, bias, mean.detach(), var.detach(), 0.0, float(eps))[0]
-    return K.bn_eval(input, mean.detach(), var.detach(), weight, bias, float(eps))
+    if mean.requires_grad or var.requires_grad:                      # constants for autograd (Alg. 2)
+        mean, var = mean.detach(), var.detach()
+    return K.bn_eval(input, mean, var, weight, bias, float(eps))
 
 
 def _onnx_capture() -> bool:
     """True while the ONNX exporter (``dynamo=True``) captures a graph with ``torch.export``."""
-    onnx = sys.modules.get("torch.onnx")
-    return onnx is not None and onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    flags = _ONNX_FLAGS[0]
+    if flags is None:                                                # torch.onnx not imported (yet)
+        onnx = sys.modules.get("torch.onnx")
+        if onnx is None:
+            return False
+        flags = _ONNX_FLAGS[0] = _onnx_flags(onnx)
+    return flags() and not torch.jit.is_tracing()
+
+
+def _onnx_flags(onnx):
+    """The cheapest reliable "is the dynamo ONNX exporter running" test this torch offers."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+
+        return lambda: _flags._is_onnx_exporting
+    except ImportError:                                              # another torch layout: the public test
+        return onnx.is_in_onnx_export
+
+
+_ONNX_FLAGS = [None]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):

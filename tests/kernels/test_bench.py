@@ -137,7 +137,7 @@ def test_help_exits_cleanly(capsys):
         bench.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--preset" in out and "smoke" in out
+    assert "--preset" in out and "smoke" in out and "against PyTorch" in out
 
 
 def test_shapes_parse():

@@ -118,3 +118,18 @@ def test_the_cached_build_loads_at_import():
     out = _run("import bnlab.kernels as K, json; print(json.dumps(K.extension_status()))")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["loaded"] is True
+
+
+def test_cache_key_follows_every_source_file(monkeypatch, tmp_path):
+    """Editing a .cpp or a header gives another build directory (never a stale build)."""
+    import shutil
+
+    src = tmp_path / "csrc"
+    shutil.copytree(_loader.CSRC, src)
+    monkeypatch.setattr(_loader, "CSRC", str(src))
+    first = _loader.build_dir()
+    for name in sorted(os.listdir(src)):
+        with open(src / name, "a") as f:
+            f.write("\n// edited\n")
+        assert _loader.build_dir() != first, name
+        first = _loader.build_dir()

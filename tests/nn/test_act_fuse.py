@@ -35,8 +35,8 @@ def test_fused_model_computes_the_same():
     x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
     _warm(ref, x)
     keys = list(ref.state_dict())
-    ours = copy.deepcopy(ref)
-    assert fuse_bn_act(ours) == 4
+    ours, n = fuse_bn_act(ref, return_count=True)
+    assert n == 4 and type(ref[1]) is nn.BatchNorm2d                # a copy was fused
     assert list(ours.state_dict()) == keys                           # no key moved
     assert isinstance(ours[1], BatchNormAct2d) and type(ours[2]) is nn.Identity
     assert ours[4].act.negative_slope == 0.2 and isinstance(ours[6][2], nn.Identity)
@@ -60,7 +60,7 @@ def test_inplace_only_where_safe():
         nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),            # relu is not invertible: not
     )
     ref = copy.deepcopy(model)
-    assert fuse_bn_act(model, inplace=True) == 3
+    assert fuse_bn_act(model, inplace=True, inplace_abn=True, return_count=True) == (model, 3)
     assert [model[i].inplace for i in (1, 3, 6)] == [True, False, False]
     x = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(model(x), ref(x))
@@ -69,7 +69,7 @@ def test_inplace_only_where_safe():
 def test_only_listed_acts_and_exact_classes():
     model = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(), bnlab.GhostBatchNorm2d(4), nn.ReLU(),
                           nn.BatchNorm2d(4), nn.SiLU())
-    assert fuse_bn_act(model, acts=("silu",)) == 1
+    assert fuse_bn_act(model, acts=("silu",), inplace=True) is model
     assert type(model[0]) is nn.BatchNorm2d and isinstance(model[4], BatchNormAct2d)
     assert type(model[2]) is bnlab.GhostBatchNorm2d                 # variants keep their own math
 

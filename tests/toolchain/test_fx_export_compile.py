@@ -48,6 +48,12 @@ def test_fx_symbolic_trace(kind, train):
     _step_matches(kind, train, trace)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_fx_trace_of_a_bare_layer_says_what_to_do(kind):
+    with pytest.raises(TypeError, match="trace a model that contains it"):
+        torch.fx.symbolic_trace(make_layer(kind, 4))
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_compile_fullgraph(kind, train):

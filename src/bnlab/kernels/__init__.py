@@ -153,6 +153,7 @@ def build(verbose: bool = True) -> str:
     if not ok:
         raise RuntimeError(f"bnlab: cannot build the C++ kernels: {st['error']}")
     _state["cpu_key"] = None
+    _reference_override(get_backend() == "reference")                # a chosen reference stays in front
     return f"bnlab C++ kernels: {st['path']}"
 
 

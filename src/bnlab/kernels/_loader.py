@@ -68,7 +68,7 @@ def _compiler() -> str | None:
 def build_dir() -> str:
     which = isa()
     h = hashlib.sha256()
-    for path in sources():
+    for path in sources() + sorted(glob.glob(os.path.join(CSRC, "*.h"))):   # headers are part of the build
         h.update(os.path.basename(path).encode())
         with open(path, "rb") as f:
             h.update(f.read())

@@ -130,20 +130,13 @@ class _BatchNormAct:
         kind, p = self._act_kind, self._act_param
         if kind == "":
             raise RuntimeError("BatchNormAct: TorchScript needs a fusable act (identity, relu, leaky_relu, silu)")
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or self.running_mean is None
+        use_batch, update = self._scripted_policy()
         rm = self.running_mean
         rv = self.running_var
         if not use_batch:
             if rm is None or rv is None:
                 raise RuntimeError("running_mean must be defined in evaluation mode")
             return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, kind, p)
-        update = self.training and self.track_running_stats
-        urs = self.update_running_stats
-        if urs is not None:
-            update = urs
         if update and rm is not None:
             if self.inplace:
                 torch.ops.bnlab.bn_train_(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,

@@ -29,6 +29,14 @@ def _forward(module: nn.Module, input: Tensor) -> Tensor:
     return module._forward_impl(input)
 
 
+def _check_not_fx_root(module: nn.Module, input) -> None:
+    """A bnlab layer traced by ``torch.fx`` as the root module cannot name itself in its own graph."""
+    if isinstance(input, torch.fx.Proxy) and input.tracer.root is module:
+        raise TypeError(
+            f"torch.fx.symbolic_trace of a bare {module._get_name()}: trace a model that contains it, "
+            "e.g. torch.fx.symbolic_trace(nn.Sequential(layer))")
+
+
 # symbolic_trace records bnlab layers as one call_function node each (the layer's own
 # Python checks and branches need real tensors); the GraphModule calls the layer at run time
 torch.fx.wrap("_forward")
@@ -80,9 +88,13 @@ class _BatchNorm(_TorchBatchNorm):
         self.nonfinite_guard, self.skipped_batches = cls.nonfinite_guard, 0
 
     def _uses_batch_stats(self) -> bool:
+        return self._batch_stats_policy(self.running_mean, self.running_var)
+
+    def _batch_stats_policy(self, rm: Tensor | None, rv: Tensor | None) -> bool:
+        """Normalize with the batch statistics? (``use_batch_stats`` or the mode, given the buffers.)"""
         if self.use_batch_stats is not None:
-            return bool(self.use_batch_stats) or self.running_mean is None
-        return self.training or (self.running_mean is None and self.running_var is None)
+            return bool(self.use_batch_stats) or rm is None
+        return self.training or (rm is None and rv is None)
 
     def _updates_running_stats(self) -> bool:
         if self.running_mean is None:
@@ -98,24 +110,26 @@ class _BatchNorm(_TorchBatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return self._scripted_forward(input)
+        _check_not_fx_root(self, input)
         return _forward(self, input)
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        use_batch = self._uses_batch_stats()
+        # the registered tensors, read from the Module's dicts once (Module.__getattr__ is slow per call)
+        bufs, params = self._buffers, self._parameters
+        rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
+        use_batch = self._batch_stats_policy(rm, rv)
         # every check happens before any state changes: a bad call leaves the buffers as they were
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
-                      eps=self.eps)
+        F.check_input(input, rm, rv, w, b, training=use_batch, eps=self.eps)
         if not use_batch:
             # Alg. 2: y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with the population estimates
-            return F.batch_norm_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+            return F.batch_norm_eval(input, rm, rv, w, b, self.eps)
         # Alg. 1 with the mini-batch statistics μ_B, σ²_B; the operator folds them into the
         # running ones in place (guarded) when this layer updates them
         if not self._updates_running_stats():
-            return F.batch_norm_train(input, self.weight, self.bias, self.eps)[0]
-        y, ok = F.batch_norm_train_tracked(
-            input, self.weight, self.bias, self.running_mean, self.running_var, self.num_batches_tracked,
-            self.momentum, self.eps, self.nonfinite_guard)
+            return F.batch_norm_train(input, w, b, self.eps)[0]
+        y, ok = F.batch_norm_train_tracked(input, w, b, rm, rv, bufs.get("num_batches_tracked"),
+                                           self.momentum, self.eps, self.nonfinite_guard)
         self._note_guard(ok)
         return y
 
@@ -127,6 +141,9 @@ class _BatchNorm(_TorchBatchNorm):
         """
         if not self.nonfinite_guard or not F.is_concrete(ok) or bool(ok):
             return
+        self._count_skipped(stacklevel=5)
+
+    def _count_skipped(self, stacklevel: int) -> None:
         self.skipped_batches += 1
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
@@ -135,8 +152,34 @@ class _BatchNorm(_TorchBatchNorm):
                 "the running statistics (counted in .skipped_batches; set nonfinite_guard=False "
                 "to disable)",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
+
+    def _scripted_policy(self) -> tuple[bool, bool]:
+        """``(use_batch_stats, update_running_stats)`` resolved in TorchScript-compilable code."""
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        ubs = self.use_batch_stats
+        if ubs is not None:
+            use_batch = ubs or self.running_mean is None
+        update = self.training and self.track_running_stats
+        urs = self.update_running_stats
+        if urs is not None:
+            update = urs
+        return use_batch, update and self.running_mean is not None
+
+    def _scripted_eval(self, input: Tensor) -> Tensor:
+        """Alg. 2 in TorchScript: ``bnlab::bn_eval`` with the running statistics."""
+        rm = self.running_mean
+        rv = self.running_var
+        if rm is None or rv is None:
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+
+    def _scripted_eval_only(self, input: Tensor, refusal: str) -> Tensor:
+        """TorchScript forward of a layer whose training step has no script form: Alg. 2, or ``refusal``."""
+        if self._scripted_policy()[0]:
+            raise RuntimeError(refusal)
+        return self._scripted_eval(input)
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """The forward TorchScript compiles: the same policy, the same ``bnlab`` operators.
@@ -146,20 +189,11 @@ class _BatchNorm(_TorchBatchNorm):
         """
         if input.dim() < 2:
             raise ValueError("expected at least 2D input")
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or self.running_mean is None
+        use_batch, update = self._scripted_policy()
+        if not use_batch:
+            return self._scripted_eval(input)
         rm = self.running_mean
         rv = self.running_var
-        if not use_batch:
-            if rm is None or rv is None:
-                raise RuntimeError("running_mean must be defined in evaluation mode")
-            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
-        update = self.training and self.track_running_stats
-        urs = self.update_running_stats
-        if urs is not None:
-            update = urs
         if update and rm is not None:
             return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
                                             self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
@@ -174,16 +208,7 @@ class _BatchNorm(_TorchBatchNorm):
             self._track_traceable(mean, var, m)
             return
         if m > 0 and self.nonfinite_guard and not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
-            self.skipped_batches += 1
-            if not self._warned_nonfinite:
-                self._warned_nonfinite = True
-                warnings.warn(
-                    f"{type(self).__name__}: a batch with non-finite statistics was not folded into "
-                    "the running statistics (counted in .skipped_batches; set nonfinite_guard=False "
-                    "to disable)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            self._count_skipped(stacklevel=5)
             return
         self.num_batches_tracked.add_(1)
         if self.momentum is None:

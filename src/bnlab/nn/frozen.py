@@ -74,6 +74,7 @@ class _FrozenBatchNorm(nn.Module):
         if torch.jit.is_scripting():
             return torch.ops.bnlab.bn_eval(input, self.running_mean, self.running_var, self.weight, self.bias,
                                            self.eps, "identity", 0.0)
+        _bn._check_not_fx_root(self, input)
         return _bn._forward(self, input)                             # one torch.fx node (see batchnorm)
 
     def _forward_impl(self, input: Tensor) -> Tensor:

@@ -58,20 +58,11 @@ class _GhostBatchNorm(_BatchNorm):
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """TorchScript's forward: ghost batches of ``virtual_batch_size`` through ``bnlab::bn_train``."""
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or self.running_mean is None
+        use_batch, update = self._scripted_policy()
+        if not use_batch:
+            return self._scripted_eval(input)
         rm = self.running_mean
         rv = self.running_var
-        if not use_batch:
-            if rm is None or rv is None:
-                raise RuntimeError("running_mean must be defined in evaluation mode")
-            return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
-        update = self.training and self.track_running_stats
-        urs = self.update_running_stats
-        if urs is not None:
-            update = urs
         # the sizes of ghost_sizes(): full ghost batches, the remainder merged if it has one value
         n, k = input.shape[0], self.virtual_batch_size
         per_sample = input.numel() // max(n * input.shape[1], 1)

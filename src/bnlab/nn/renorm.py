@@ -123,16 +123,10 @@ class _BatchRenorm(_BatchNorm):
         return self.schedule.limits(int(nbt) if F.is_concrete(nbt) else nbt)
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
-        """TorchScript's forward: eval mode (Alg. 2) only; training raises (BatchRenorm its r/d corrections and σ moving average are not compiled to TorchScript)."""
-        rm = self.running_mean
-        rv = self.running_var
-        use_batch = self.training or rm is None
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or rm is None
-        if use_batch or rm is None or rv is None:
-            raise RuntimeError("BatchRenorm in TorchScript normalizes in eval mode only: its r/d corrections and σ moving average are not compiled to TorchScript; train it in eager mode or with torch.compile, script it in eval mode")
-        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+        """TorchScript's forward: Alg. 2 in eval mode; training raises (r, d, the σ average: no script form)."""
+        return self._scripted_eval_only(input, (
+            "BatchRenorm in TorchScript normalizes in eval mode only: its r/d corrections and σ moving average "
+            "have no TorchScript form; train it in eager mode or with torch.compile, script it in eval mode"))
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

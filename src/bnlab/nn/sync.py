@@ -186,16 +186,10 @@ class SyncBatchNorm(_BatchNorm):
         return ds.sync_group(self.process_group)
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
-        """TorchScript's forward: eval mode (Alg. 2) only; training raises (SyncBatchNorm TorchScript cannot run the torch.distributed collectives)."""
-        rm = self.running_mean
-        rv = self.running_var
-        use_batch = self.training or rm is None
-        ubs = self.use_batch_stats
-        if ubs is not None:
-            use_batch = ubs or rm is None
-        if use_batch or rm is None or rv is None:
-            raise RuntimeError("SyncBatchNorm in TorchScript normalizes in eval mode only: TorchScript cannot run the torch.distributed collectives; train it in eager mode, script it in eval mode")
-        return torch.ops.bnlab.bn_eval(input, rm, rv, self.weight, self.bias, self.eps, "identity", 0.0)
+        """TorchScript's forward: Alg. 2 in eval mode; training raises (no collectives in TorchScript)."""
+        return self._scripted_eval_only(input, (
+            "SyncBatchNorm in TorchScript normalizes in eval mode only: TorchScript cannot run the "
+            "torch.distributed collectives; train it in eager mode, script it in eval mode"))
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

@@ -37,9 +37,11 @@ class ConvertReport:
 
     converted: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    fused: int = 0
 
     def __str__(self) -> str:
-        lines = [f"converted {len(self.converted)} BatchNorm layer(s), left {len(self.skipped)}"]
+        lines = [f"converted {len(self.converted)} BatchNorm layer(s), left {len(self.skipped)}"
+                 + (f", fused {self.fused} BatchNorm → activation pair(s)" if self.fused else "")]
         lines += [f"  {name or '<root>'}: {old} -> {new}" for name, old, new in self.converted]
         lines += [f"  kept {name or '<root>'}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
@@ -145,7 +147,8 @@ def _walk(module: nn.Module, to: str, prefix: str, report: ConvertReport) -> nn.
     return module
 
 
-def convert_model(module: nn.Module, to: str = "bnlab", *, inplace: bool = False, return_report: bool = False):
+def convert_model(module: nn.Module, to: str = "bnlab", *, inplace: bool = False, fuse_act: bool = False,
+                  return_report: bool = False):
     """Replace every BatchNorm layer of ``module`` by its bnlab (or PyTorch) twin.
 
     ``to="bnlab"`` converts ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.SyncBatchNorm``
@@ -172,6 +175,10 @@ def convert_model(module: nn.Module, to: str = "bnlab", *, inplace: bool = False
         module: any ``nn.Module``.
         to: ``"bnlab"`` (torch → bnlab) or ``"torch"`` (bnlab → torch).
         inplace: convert ``module`` itself rather than a copy. Default: ``False``.
+        fuse_act: with ``to="bnlab"``, also fuse every BatchNorm → ReLU/LeakyReLU/SiLU pair
+            of an ``nn.Sequential`` into one :class:`bnlab.BatchNormAct2d` (etc.; the
+            activation's slot becomes ``nn.Identity``, state_dict keys unchanged), see
+            :func:`bnlab.surgery.fuse_act.fuse_bn_act`. Default: ``False``.
         return_report: return ``(model, ConvertReport)`` instead of the model.
 
     Example::
@@ -187,8 +194,14 @@ def convert_model(module: nn.Module, to: str = "bnlab", *, inplace: bool = False
         raise TypeError(f"convert_model: expected an nn.Module, got {type(module).__name__}")
     if not inplace:
         module = copy.deepcopy(module)
+    if fuse_act and to != "bnlab":
+        raise ValueError("convert_model: fuse_act=True needs to='bnlab' (the fused layers are bnlab's)")
     report = ConvertReport()
     out = _walk(module, to, "", report)
+    if fuse_act:
+        from .fuse_act import fuse_bn_act
+
+        out, report.fused = fuse_bn_act(out, inplace=True, return_count=True)
     _log.info("convert_model(to=%r): converted %d BatchNorm layer(s), left %d",
               to, len(report.converted), len(report.skipped))
     if return_report:

@@ -1,6 +1,8 @@
 """Fuse Batch Normalization → activation pairs of ``nn.Sequential`` into ``BatchNormAct``."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -41,32 +43,42 @@ def _fused_layer(layer: nn.Module, act: nn.Module, inplace: bool) -> nn.Module:
     return new
 
 
-def fuse_bn_act(module: nn.Module, acts=("relu", "leaky_relu", "silu"), inplace: bool = False) -> int:
+def fuse_bn_act(module: nn.Module, acts=("relu", "leaky_relu", "silu"), *, inplace: bool = False,
+                inplace_abn: bool = False, return_count: bool = False):
     """Fuse every BatchNorm → activation pair inside an ``nn.Sequential`` of ``module``.
 
     A child BatchNorm1d/2d/3d (torch's or bnlab's, exact classes) directly followed
     by an ``nn.ReLU``/``nn.LeakyReLU``/``nn.SiLU`` sibling becomes a
     :class:`bnlab.BatchNormAct2d` (etc.) with the same parameters, buffers, mode and
     activation; the activation's slot becomes ``nn.Identity`` so indices, and the
-    state_dict keys of every other layer, stay as they were. The state_dict of the
-    model is unchanged. Modifies ``module`` in place.
+    state_dict keys of every other layer, stay as they were: the model's state_dict
+    is unchanged, and so are its outputs and gradients.
+
+    Copy semantics as :func:`bnlab.convert_model`: by default a deep copy is fused and
+    returned (``module`` itself is unchanged); ``inplace=True`` fuses ``module`` itself.
 
     Args:
         module: any ``nn.Module``; Sequentials anywhere inside it are searched.
         acts: the activations to fuse, among ``"relu"``, ``"leaky_relu"``, ``"silu"``.
-        inplace: make fused layers In-Place ABN (output over input) where that is safe:
-            the activation is invertible (leaky ReLU with slope > 0) and the BN input is
-            the output of a conv/linear sibling, which nothing else reads. Other pairs
-            are fused without ``inplace``.
+        inplace: fuse ``module`` itself rather than a copy. Default: ``False``.
+        inplace_abn: make fused layers In-Place ABN (output over input) where that is
+            safe: the activation is invertible (leaky ReLU with slope > 0) and the BN
+            input is the output of a conv/linear sibling, which nothing else reads.
+            Other pairs are fused without it. Default: ``False``.
+        return_count: return ``(model, number of pairs fused)`` instead of the model.
 
-    Returns:
-        The number of pairs fused.
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        >>> fused = bnlab.fuse_bn_act(net)           # fused[1] is a bnlab.BatchNormAct2d
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"fuse_bn_act: expected an nn.Module, got {type(module).__name__}")
     bad = [a for a in acts if a not in _ACTS]
     if bad:
         raise ValueError(f"fuse_bn_act: cannot fuse {bad}; acts must be among {tuple(_ACTS)}")
+    if not inplace:
+        module = copy.deepcopy(module)
     wanted = tuple(_ACTS[a] for a in acts)
     count = 0
     for parent in list(module.modules()):
@@ -80,7 +92,7 @@ def fuse_bn_act(module: nn.Module, acts=("relu", "leaky_relu", "silu"), inplace:
             spec = act_mod.act_spec(act)
             safe = i > 0 and isinstance(parent._modules[names[i - 1]], _SAFE_PRODUCERS)
             invertible = spec[0] in act_mod.INVERTIBLE and spec[1] > 0
-            parent._modules[names[i]] = _fused_layer(layer, act, inplace and safe and invertible)
+            parent._modules[names[i]] = _fused_layer(layer, act, inplace_abn and safe and invertible)
             parent._modules[names[i + 1]] = nn.Identity()
             count += 1
-    return count
+    return (module, count) if return_count else module

@@ -15,6 +15,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string_view>
@@ -183,32 +184,38 @@ void elementwise(const Geometry& g, const scalar_t* x, const scalar_t* dy, scala
   constexpr int64_t V = Vec::size();
   const int64_t inner = g.cl ? g.c : g.s;
   if (inner == 0) return;
+  const Vec zero(0);
   at::parallel_for(0, g.rows(), std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
     Vec pv[K > 0 ? K : 1];
-    Vec zero(0);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t off = r * inner;
-      const scalar_t* xr = x + off;
-      const scalar_t* dr = dy ? dy + off : nullptr;
-      scalar_t* orow = out + off;
-      if (!g.cl) {
-        const int64_t ch = r % g.c;
+    if (!g.cl) {
+      // CF: one channel per row, its parameters broadcast
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = r * inner, ch = r % g.c;
         for (size_t k = 0; k < K; ++k) pv[k] = Vec(P[k][ch]);
         int64_t i = 0;
         for (; i + V <= inner; i += V) {
-          store(orow + i, f(load(xr + i, V), dr ? load(dr + i, V) : zero, pv), V);
+          store(out + off + i, f(load(x + off + i, V), dy ? load(dy + off + i, V) : zero, pv), V);
         }
         if (i < inner) {
           const int64_t n = inner - i;
-          store(orow + i, f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv), n);
+          store(out + off + i, f(load(x + off + i, n), dy ? load(dy + off + i, n) : zero, pv), n);
         }
-      } else {
-        int64_t i = 0;
-        for (; i < inner; i += V) {
-          const int64_t n = std::min<int64_t>(V, inner - i);
-          for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
-          store(orow + i, f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv), n);
-        }
+      }
+      return;
+    }
+    // CL: rows in memory order (one stream), the parameters of each channel vector
+    // loaded from L1
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t off = r * inner;
+      int64_t i = 0;
+      for (; i + V <= inner; i += V) {
+        for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i);
+        store(out + off + i, f(load(x + off + i, V), dy ? load(dy + off + i, V) : zero, pv), V);
+      }
+      if (i < inner) {
+        const int64_t n = inner - i;
+        for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
+        store(out + off + i, f(load(x + off + i, n), dy ? load(dy + off + i, n) : zero, pv), n);
       }
     }
   });
@@ -270,12 +277,15 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
     }
     return;
   }
-  // CL: each thread sums its rows into its own (C,) double accumulators, flushing
-  // opmath partial sums every kRows rows
+  // CL: each thread sums its rows, in memory order, into its own (C,) opmath partial
+  // sums (four rows per update of them), flushed into double every 64 rows
   const int nt = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(nt) * 2 * C, 0.0);
   at::parallel_for(0, g.rows(), grain, [&](int64_t r0, int64_t r1) {
-    double* a = acc.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C;
+    // the thread's own slot; a serial call from inside someone else's parallel region may
+    // report a thread id beyond our count: it is then the only thread here
+    const int slot = std::min<int>(at::get_thread_num(), nt - 1);
+    double* a = acc.data() + static_cast<size_t>(slot) * 2 * C;
     constexpr int64_t kRows = 64;
     std::vector<T> t1(C), t2(C);
     Vec pv[K > 0 ? K : 1];
@@ -283,21 +293,45 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
       std::fill(t1.begin(), t1.end(), T(0));
       std::fill(t2.begin(), t2.end(), T(0));
       const int64_t re = std::min(r1, rb + kRows);
-      for (int64_t r = rb; r < re; ++r) {
+      int64_t r = rb;
+      for (; r + 4 <= re; r += 4) {
+        const scalar_t* xr = x + r * C;
+        const scalar_t* dr = dy ? dy + r * C : nullptr;
+        int64_t i = 0;
+        for (; i + V <= C; i += V) {
+          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i);
+          Vec s1 = Vec::loadu(t1.data() + i), s2 = Vec::loadu(t2.data() + i), v1, v2;
+          for (int64_t q = 0; q < 4; ++q) {
+            f(load(xr + q * C + i, V), dr ? load(dr + q * C + i, V) : zero, pv, v1, v2);
+            s1 += v1;
+            s2 += v2;
+          }
+          s1.store(t1.data() + i);
+          s2.store(t2.data() + i);
+        }
+        if (i < C) {
+          const int64_t n = C - i;
+          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
+          Vec s1 = Vec::loadu(t1.data() + i, n), s2 = Vec::loadu(t2.data() + i, n), v1, v2;
+          for (int64_t q = 0; q < 4; ++q) {
+            f(load(xr + q * C + i, n), dr ? load(dr + q * C + i, n) : zero, pv, v1, v2);
+            s1 += v1;
+            s2 += v2;
+          }
+          s1.store(t1.data() + i, n);
+          s2.store(t2.data() + i, n);
+        }
+      }
+      for (; r < re; ++r) {
         const scalar_t* xr = x + r * C;
         const scalar_t* dr = dy ? dy + r * C : nullptr;
         for (int64_t i = 0; i < C; i += V) {
           const int64_t n = std::min<int64_t>(V, C - i);
-          for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
+          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
           Vec v1, v2;
           f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
-          if (n == V) {
-            (Vec::loadu(t1.data() + i) + v1).store(t1.data() + i);
-            (Vec::loadu(t2.data() + i) + v2).store(t2.data() + i);
-          } else {
-            (Vec::loadu(t1.data() + i, n) + v1).store(t1.data() + i, n);
-            (Vec::loadu(t2.data() + i, n) + v2).store(t2.data() + i, n);
-          }
+          (Vec::loadu(t1.data() + i, n) + v1).store(t1.data() + i, n);
+          (Vec::loadu(t2.data() + i, n) + v2).store(t2.data() + i, n);
         }
       }
       for (int64_t c = 0; c < C; ++c) {

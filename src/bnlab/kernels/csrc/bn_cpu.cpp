@@ -53,6 +53,15 @@ Tensor make_vec(const Tensor& like, at::ScalarType dt, const std::vector<double>
   return t;
 }
 
+// σ⁻¹ = 1/sqrt(var + ε) as the reference computes it (in the statistics dtype)
+std::vector<double> invstd_from_var(const Tensor& var_t, double eps, int64_t c, bool f64) {
+  std::vector<double> v = read_vec(var_t, c, 1.0);
+  for (auto& e : v) {
+    e = f64 ? 1.0 / std::sqrt(e + eps) : static_cast<double>(1.0f / std::sqrt(static_cast<float>(e) + static_cast<float>(eps)));
+  }
+  return v;
+}
+
 template <typename T>
 std::vector<T> cast(const std::vector<double>& v) {
   return std::vector<T>(v.begin(), v.end());
@@ -262,14 +271,9 @@ Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const op
   const int64_t C = x.size(1);
   check_vec(rm, C, "running_mean");
   check_vec(rv, C, "running_var");
-  // invstd as the reference computes it: in the statistics dtype
-  std::vector<double> var = read_vec(rv, C, 1.0), mean = read_vec(rm, C, 0.0), invstd(C);
-  const bool f64 = x.scalar_type() == at::kDouble;
-  for (int64_t c = 0; c < C; ++c) {
-    invstd[c] = f64 ? 1.0 / std::sqrt(var[c] + eps)
-                    : static_cast<double>(1.0f / std::sqrt(static_cast<float>(var[c]) + static_cast<float>(eps)));
-    if (!f64) mean[c] = static_cast<float>(mean[c]);
-  }
+  // statistics rounded to the statistics dtype, invstd computed in it, as the reference does
+  std::vector<double> mean = read_vec(rm, C, 0.0), invstd = invstd_from_var(rv, eps, C, x.scalar_type() == at::kDouble);
+  if (x.scalar_type() != at::kDouble) for (auto& v : mean) v = static_cast<float>(v);
   Geometry g;
   Tensor xd = dense_input(x, g), target;
   check_vec(w, C, "weight");
@@ -402,41 +406,41 @@ void coefficients(const Affine& a, const std::vector<double>& invstd, const std:
 
 }  // namespace
 
-// σ⁻¹ = 1/sqrt(var + ε) as the reference computes it (in the statistics dtype)
-std::vector<double> invstd_from_var(const Tensor& var_t, double eps, int64_t c) {
-  std::vector<double> v = read_vec(var_t, c, 1.0);
-  const bool f64 = var_t.scalar_type() == at::kDouble;
-  for (auto& e : v) {
-    e = f64 ? 1.0 / std::sqrt(e + eps) : static_cast<double>(1.0f / std::sqrt(static_cast<float>(e) + static_cast<float>(eps)));
-  }
-  return v;
+// Section 3 for bn_train (FromOutput = false: x̂ from the input and μ) and for bn_train_
+// (FromOutput = true: x̂ recovered from the output y): one reduction pass, one dx pass
+template <bool FromOutput>
+std::tuple<Tensor, Tensor, Tensor> closed_form_backward(
+    const Tensor& dy, const Tensor& xy, const optional<Tensor>& w, const optional<Tensor>& b,
+    const std::vector<double>& mu, const std::vector<double>& invstd, Act act, double slope, std::array<bool, 3> mask) {
+  Geometry g;
+  Tensor xd = dense_input(xy, g);
+  Tensor dyd = same_layout(dy, xd);
+  Affine a = affine(invstd, w, b);
+  GradSums s;
+  Tensor dx = at::empty({0}, xy.options()), target;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xy.scalar_type(), "bn_backward", [&] {
+    const scalar_t* xp = xd.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
+    s = grad_sums<scalar_t, FromOutput>(g, xp, dp, mu, a, act, slope);
+    if (mask[0]) {
+      std::vector<double> B, Cc;
+      coefficients(a, invstd, s.dz, s.dz_u, g.count(), B, Cc);
+      dx = output_for(xy, xd, target);
+      grad_input<scalar_t, FromOutput>(g, xp, dp, target.data_ptr<scalar_t>(), mu, a, B, Cc, act, slope);
+    }
+  });
+  if (mask[0] && !target.is_same(dx)) dx.copy_(target);
+  auto [dw, db] = param_grads(xy, w, b, s, invstd, mask);
+  return {dx, dw, db};
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_backward_cpu(
     const Tensor& dy, const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b, const Tensor& mean,
     const Tensor& var_t, double eps, c10::string_view act_s, double slope, std::array<bool, 3> mask) {
-  Geometry g;
-  Tensor xd = dense_input(x, g);
-  Tensor dyd = same_layout(dy, xd);
-  const Act act = parse_act(act_s);
-  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = invstd_from_var(var_t, eps, g.c);
-  Affine a = affine(invstd, w, b);
-  GradSums s;
-  Tensor dx = at::empty({0}, x.options()), target;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_backward", [&] {
-    const scalar_t* xp = xd.const_data_ptr<scalar_t>();
-    const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
-    s = grad_sums<scalar_t, false>(g, xp, dp, mu, a, act, slope);
-    if (mask[0]) {
-      std::vector<double> B, Cc;
-      coefficients(a, invstd, s.dz, s.dz_u, g.count(), B, Cc);
-      dx = output_for(x, xd, target);
-      grad_input<scalar_t, false>(g, xp, dp, target.data_ptr<scalar_t>(), mu, a, B, Cc, act, slope);
-    }
-  });
-  if (mask[0] && !target.is_same(dx)) dx.copy_(target);
-  auto [dw, db] = param_grads(x, w, b, s, invstd, mask);
-  return {dx, dw, db};
+  TORCH_CHECK(x.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", x.dim());
+  const int64_t C = x.size(1);
+  return closed_form_backward<false>(dy, x, w, b, read_vec(mean, C, 0.0), invstd_from_var(var_t, eps, C, var_t.scalar_type() == at::kDouble),
+                                     parse_act(act_s), slope, mask);
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_apply_backward_cpu(
@@ -509,27 +513,10 @@ std::tuple<Tensor, Tensor, Tensor> bn_backward_from_output_cpu(
   const Act act = parse_act(act_s);
   TORCH_CHECK(act == Act::Identity || (act == Act::LeakyReLU && slope > 0),
               "bnlab: the in-place backward needs an invertible activation (identity, or leaky_relu with slope > 0)");
-  Geometry g;
-  Tensor yd = dense_input(y, g);
-  Tensor dyd = same_layout(dy, yd);
-  std::vector<double> invstd = invstd_from_var(var_t, eps, g.c), zeros(g.c, 0.0);
-  Affine a = affine(invstd, w, b);
-  GradSums s;
-  Tensor dx = at::empty({0}, y.options()), target;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_backward_from_output", [&] {
-    const scalar_t* yp = yd.const_data_ptr<scalar_t>();
-    const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
-    s = grad_sums<scalar_t, true>(g, yp, dp, zeros, a, act, slope);
-    if (mask[0]) {
-      std::vector<double> B, Cc;
-      coefficients(a, invstd, s.dz, s.dz_u, g.count(), B, Cc);
-      dx = output_for(y, yd, target);
-      grad_input<scalar_t, true>(g, yp, dp, target.data_ptr<scalar_t>(), zeros, a, B, Cc, act, slope);
-    }
-  });
-  if (mask[0] && !target.is_same(dx)) dx.copy_(target);
-  auto [dw, db] = param_grads(y, w, b, s, invstd, mask);
-  return {dx, dw, db};
+  TORCH_CHECK(y.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", y.dim());
+  const int64_t C = y.size(1);
+  return closed_form_backward<true>(dy, y, w, b, std::vector<double>(C, 0.0), invstd_from_var(var_t, eps, C, var_t.scalar_type() == at::kDouble),
+                                    act, slope, mask);
 }
 
 }  // namespace bnlab

@@ -130,7 +130,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="bnlab bench", description=(__import__(__package__).__doc__ or "").split("\n\n")[0],
+    parser = _Parser(prog="bnlab bench", description=(sys.modules[__package__].__doc__ or "").split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Example: bnlab bench --preset quick --out runs/bench-quick   (a smoke run, ~1 min)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",

@@ -36,9 +36,7 @@ def variants(width: int, with_no_bn: bool) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     base = resnet18_style(width)
     out = {"torch": base, "bnlab": bnlab.convert_model(copy.deepcopy(base), to="bnlab")}
-    fused = bnlab.convert_model(copy.deepcopy(base), to="bnlab")
-    fuse_bn_act(fused)
-    out["bnlab_act"] = fused
+    out["bnlab_act"] = fuse_bn_act(out["bnlab"])                     # a fused copy
     if with_no_bn:
         out["no_bn"] = _strip_bn(copy.deepcopy(base))
     return out
