@@ -294,6 +294,21 @@ struct GradSums {
   std::vector<double> dz, dz_u;  // Σ dz and Σ dz·u per channel (u = x − μ, or x̂/invstd from y)
 };
 
+// dz = dy·g'(z) and u, from the input (u = x − μ, z = u·scale + β) or, FromOutput, from
+// the output (z = g⁻¹(y), u = (z − β)/scale); p = {μ, scale, β, 1/scale, ...}
+template <Act A, bool FromOutput, typename Vec>
+inline Vec grad_terms(const Vec& xv, const Vec& dyv, const Vec* p, const Vec& slope, const Vec& inv_slope, Vec& u) {
+  Vec z;
+  if constexpr (FromOutput) {
+    z = act_inv<A>(xv, inv_slope);
+    u = (z - p[2]) * p[3];
+  } else {
+    u = xv - p[0];
+    if constexpr (A != Act::Identity) z = u * p[1] + p[2];
+  }
+  return act_bwd<A>(dyv, z, slope);
+}
+
 // Σ dz and Σ dz·u; FromOutput: u and z recovered from the output y instead of x
 template <typename scalar_t, bool FromOutput>
 GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, const std::vector<double>& mean,
@@ -308,17 +323,9 @@ GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, co
     constexpr Act a_ = decltype(A)::value;
     reduce2<scalar_t, 4>(g, xy, dy, {mu.data(), sc.data(), be.data(), isc.data()},
         [&](const Vec& xv, const Vec& dyv, const Vec* p, Vec& v1, Vec& v2) {
-          Vec u, z;
-          if constexpr (FromOutput) {
-            z = act_inv<a_>(xv, isl);
-            u = (z - p[2]) * p[3];
-          } else {
-            u = xv - p[0];
-            if constexpr (a_ != Act::Identity) z = u * p[1] + p[2];
-          }
-          Vec dz = act_bwd<a_>(dyv, z, sl);
-          v1 = dz;
-          v2 = dz * u;
+          Vec u;
+          v1 = grad_terms<a_, FromOutput>(xv, dyv, p, sl, isl, u);
+          v2 = v1 * u;
         }, s.dz.data(), s.dz_u.data());
   });
   return s;
@@ -337,15 +344,8 @@ void grad_input(const Geometry& g, const scalar_t* xy, const scalar_t* dy, scala
     constexpr Act a_ = decltype(A)::value;
     elementwise<scalar_t, 6>(g, xy, dy, dx, {mu.data(), sc.data(), be.data(), isc.data(), bb.data(), cc.data()},
         [&](const Vec& xv, const Vec& dyv, const Vec* p) {
-          Vec u, z;
-          if constexpr (FromOutput) {
-            z = act_inv<a_>(xv, isl);
-            u = (z - p[2]) * p[3];
-          } else {
-            u = xv - p[0];
-            if constexpr (a_ != Act::Identity) z = u * p[1] + p[2];
-          }
-          Vec dz = act_bwd<a_>(dyv, z, sl);
+          Vec u;
+          const Vec dz = grad_terms<a_, FromOutput>(xv, dyv, p, sl, isl, u);
           return at::vec::fmadd(dz, p[1], at::vec::fmadd(u, p[4], p[5]));
         });
   });
