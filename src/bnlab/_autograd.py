@@ -13,8 +13,6 @@ Each saves only the input (or the output, in place) and ``(C,)`` vectors. When a
 records the backward itself (``create_graph=True``), the gradient is computed by the
 differentiable ``bn_backward_graph``/``bn_apply_backward_graph`` instead, so
 gradgradcheck holds. Running statistics never enter the graph.
-
-``BatchNormTrain``/``BatchNormEval`` are the former entry points, kept as thin shims.
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ import torch
 from ._stats import stats_dtype
 OPS = torch.ops.bnlab                                           # defined in bnlab.kernels._schema
 
-__all__ = ["register", "BatchNormTrain", "BatchNormEval"]
+__all__ = ["register"]
 
 _AFTER = torch._C._after_autograd_keyset
 
@@ -149,25 +147,3 @@ def register(lib) -> None:
     """Register the autograd kernels above at the ``Autograd`` key of ``lib``'s ops."""
     for name, fn in KERNELS.items():
         lib.impl(name, fn, "Autograd", with_keyset=True)
-
-
-# ----------------------------------------------------------------------------- former entry points
-class BatchNormTrain:
-    """Former entry point: ``BatchNormTrain.apply(x, weight, bias, eps) -> (y, mean, var)``."""
-
-    @staticmethod
-    def apply(x, weight, bias, eps):
-        from .kernels import bn_train
-
-        y, mean, var, _ok = bn_train(x, weight, bias, None, None, None, 0.0, float(eps), False)
-        return y, mean, var
-
-
-class BatchNormEval:
-    """Former entry point: ``BatchNormEval.apply(x, mean, var, weight, bias, eps) -> y``."""
-
-    @staticmethod
-    def apply(x, mean, var, weight, bias, eps):
-        from .kernels import bn_eval
-
-        return bn_eval(x, mean, var, weight, bias, float(eps))

@@ -241,10 +241,3 @@ def bn_backward_elemt(grad_out, x, mean, invstd, weight, bias, sum_dz, sum_dz_xh
 # torch.jit.load in a fresh process runs the compiled kernels too
 if not os.environ.get("BNLAB_BACKEND", "").strip() == "reference":
     _loader.load_cached()
-
-from . import ops  # noqa: E402,F401  (former entry points)
-
-
-def select(x):
-    """Former backend selector (kept for callers not yet moved to the entry points above)."""
-    return ops.LEGACY

@@ -47,7 +47,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if x.numel() == 0:
             y = torch.empty_like(x)                                  # an empty shard: nothing to normalize
         else:
-            y = kernels.select(x).forward_eval(x, mean, var, weight, bias, eps)
+            y = kernels.bn_eval(x, mean, var, weight, bias, float(eps))
         invstd = torch.rsqrt(var + eps)                              # σ⁻¹ = 1/sqrt(σ²_B + ε)   (C,)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.m, ctx.group = m, group
