@@ -23,7 +23,7 @@ from ._stats import channel_mean_var, count_per_channel, stats_dtype, unbiased_f
 __all__ = [
     "batch_norm", "check_input", "update_running_stats", "batch_norm_train", "batch_norm_eval",
     "batch_renorm", "renorm_correction", "batch_renorm_train", "update_running_renorm_stats",
-    "ghost_batch_norm", "ghost_sizes", "ghost_batch_norm_train",
+    "ghost_batch_norm", "ghost_sizes", "ghost_batch_norm_train", "check_virtual_batch_size",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -394,6 +394,12 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
 # Ghost Batch Normalization (Hoffer, Hubara & Soudry, 2017)
 # ---------------------------------------------------------------------------------------
 
+def check_virtual_batch_size(virtual_batch_size) -> None:
+    """Raise ``ValueError`` unless ``virtual_batch_size`` is a positive int (not a bool)."""
+    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+        raise ValueError(f"virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+
+
 def ghost_sizes(input, virtual_batch_size):
     """Sizes (along dim 0) of the ghost batches of ``input``.
 
@@ -402,8 +408,7 @@ def ghost_sizes(input, virtual_batch_size):
     positions) cannot be normalized on its own and is merged into the previous
     ghost batch. ``virtual_batch_size >= N`` gives one ghost batch: plain BN.
     """
-    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-        raise ValueError(f"virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+    check_virtual_batch_size(virtual_batch_size)
     n = input.shape[0]
     if n <= virtual_batch_size:
         return [n]

@@ -30,8 +30,7 @@ class _GhostBatchNorm(_BatchNorm):
         virtual_batch_size: int = 32,
         bias: bool = True,
     ) -> None:
-        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-            raise ValueError(f"virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+        F.check_virtual_batch_size(virtual_batch_size)
         self.virtual_batch_size = virtual_batch_size
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
