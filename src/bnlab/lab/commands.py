@@ -208,6 +208,8 @@ class _distributed:
         if self.joined:
             import torch.distributed as dist
 
+            if exc is None:
+                dist.barrier()  # every rank finished: none tears its connections down under another
             dist.destroy_process_group()
             if exc is not None and "timed out" in str(exc).lower():
                 raise RuntimeError(f"distributed: another process did not answer within --timeout "
