@@ -18,6 +18,8 @@ from torch import nn
 import bnlab
 from toolchain_models import every_layer_model, make_layer, randomize, torch_twin
 
+F64 = torch.float64
+
 
 def _conv_bn(kind: str) -> nn.Module:
     torch.manual_seed(1)
@@ -41,7 +43,7 @@ def test_eval_model_with_every_layer(how):
     assert all(type(a) is type(b) for a, b in zip(model.modules(), every_layer_model().modules()))
 
 
-@pytest.mark.parametrize("kind", ["bn", "ghost"])
+@pytest.mark.parametrize("kind", ["bn", "ghost", "renorm", "sync"])
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_training_mode_updates_running_statistics(kind, how):
     """A compiled training step normalizes with batch statistics and folds them in, as eager does."""
@@ -63,15 +65,190 @@ def test_training_mode_updates_running_statistics(kind, how):
     assert int(other[1].num_batches_tracked) == int(eager[1].num_batches_tracked) == 3 + 2 * steps_per_call
 
 
-@pytest.mark.parametrize("kind", ["renorm", "sync"])
-def test_scripted_training_of_variants_without_script_form_says_so(kind):
-    compiled = torch.jit.script(_conv_bn(kind).train())
-    with pytest.raises(Exception, match="eval mode only"):
-        compiled(torch.randn(4, 3, 5, 5))
-    compiled.eval()
-    model = _conv_bn(kind).eval()
-    x = torch.randn(4, 3, 5, 5)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-5)
+def _renorm(dim, **kw):
+    cls = getattr(bnlab, f"BatchRenorm{dim}d")
+    sched = dict(r_max=1.5, d_max=0.4, warmup_steps=2, r_max_steps=6, d_max_steps=4)
+    return cls(3, **{**sched, **kw}).to(F64)
+
+
+def _steps(dim, n=8):
+    """Inputs whose scale and offset drift, so that both clips bind once the schedule relaxes."""
+    shape = {1: (6, 3, 4), 2: (4, 3, 3, 2), 3: (3, 3, 2, 2, 2)}[dim]
+    g = torch.Generator().manual_seed(dim)
+    return [(torch.randn(shape, generator=g, dtype=F64) * (0.3 + 0.5 * t) + 2.0 - t,
+             torch.randn(shape, generator=g, dtype=F64)) for t in range(n)]
+
+
+def _step(m, x, dy):
+    """One training step on ``x`` with upstream gradient ``dy``: (output, input grad, parameter grads)."""
+    xi = x.clone().requires_grad_(True)
+    y = m(xi)
+    y.backward(dy)
+    grads = [p.grad.clone() for p in m.parameters()]
+    for p in m.parameters():
+        p.grad = None
+    return y.detach(), xi.grad, grads
+
+
+def _step_both(eager, scripted, x, dy):
+    return [_step(eager, x, dy), _step(scripted, x, dy)]
+
+
+def _assert_same(a, b, exact=True):
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a, b, **tol)
+
+
+def _assert_same_step(out):
+    (y1, dx1, g1), (y2, dx2, g2) = out
+    _assert_same(y2, y1)
+    _assert_same(dx2, dx1)
+    assert len(g1) == len(g2)
+    for u, v in zip(g1, g2):
+        _assert_same(v, u)
+
+
+def _assert_same_buffers(eager, scripted):
+    sd = scripted.state_dict()
+    for k, v in eager.state_dict().items():
+        _assert_same(sd[k], v)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["ema", "cumulative"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_scripted_renorm_training_equals_eager(dim, momentum, affine):
+    """Batch Renorm's training step under torch.jit.script: the schedule, r/d clipping, the μ/σ averages
+    and num_batches_tracked, step by step, bit for bit in float64 (warm-up BN, ramps, clipped steps)."""
+    eager = _renorm(dim, momentum=momentum, affine=affine)
+    if affine:
+        with torch.no_grad():
+            eager.weight.copy_(torch.linspace(0.5, 1.5, 3, dtype=F64))
+            eager.bias.copy_(torch.linspace(-0.3, 0.4, 3, dtype=F64))
+    twin = copy.deepcopy(eager)
+    scripted = torch.jit.script(twin)
+    seen = set()
+    for x, dy in _steps(dim):
+        seen.add(eager.current_limits())
+        _assert_same_step(_step_both(eager, scripted, x, dy))
+        _assert_same_buffers(eager, twin)                            # the scripted module's buffers are twin's
+    assert int(twin.num_batches_tracked) == 8
+    assert {(1.0, 0.0), (1.5, 0.4)} <= seen and len(seen) >= 4       # warm-up, both ramps, the final limits
+    eager.eval()
+    scripted.eval()
+    x = _steps(dim, 1)[0][0]
+    _assert_same(scripted(x), eager(x))
+
+
+def test_scripted_renorm_guard_and_policy_equal_eager():
+    """A non-finite batch changes no buffer (eager: skipped and counted; scripted: masked, not counted);
+    use_batch_stats / update_running_stats / track_running_stats=False behave alike."""
+    eager = _renorm(2, warmup_steps=0, r_max_steps=0, d_max_steps=0)
+    twin = copy.deepcopy(eager)
+    scripted = torch.jit.script(twin)
+    (x, dy), (x2, dy2) = _steps(2, 2)
+    _assert_same_step(_step_both(eager, scripted, x, dy))
+    bad = x2.clone()
+    bad[0, 1, 0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        eager(bad)
+    with torch.no_grad():
+        scripted(bad)
+    _assert_same_buffers(eager, twin)
+    assert eager.skipped_batches == 1 and int(twin.num_batches_tracked) == 1
+    _assert_same_step(_step_both(eager, scripted, x2, dy2))
+    _assert_same_buffers(eager, twin)
+
+    for policy in (dict(update_running_stats=False), dict(use_batch_stats=True)):
+        e, t = _renorm(2, warmup_steps=0, r_max_steps=0, d_max_steps=0), None
+        for k, v in policy.items():
+            setattr(e, k, v)
+        e.eval() if "use_batch_stats" in policy else e.train()
+        t = copy.deepcopy(e)
+        s = torch.jit.script(t)
+        _assert_same_step(_step_both(e, s, x, dy))
+        _assert_same_buffers(e, t)
+
+    e = _renorm(2, track_running_stats=False)
+    t = copy.deepcopy(e)
+    _assert_same_step(_step_both(e, torch.jit.script(t), x, dy))
+
+
+def _sync_and_bn(c=3):
+    ours = bnlab.SyncBatchNorm(c, dtype=F64)
+    with torch.no_grad():
+        ours.weight.copy_(torch.linspace(0.5, 1.5, c, dtype=F64))
+        ours.bias.copy_(torch.linspace(-0.3, 0.4, c, dtype=F64))
+    bn = bnlab.BatchNorm2d(c, dtype=F64)
+    bn.load_state_dict(ours.state_dict())
+    return ours, bn
+
+
+def test_scripted_sync_batchnorm_trains_as_batchnorm_without_process_group():
+    """No process group: scripted SyncBatchNorm's training step is bnlab BatchNorm's (= eager SyncBatchNorm's)."""
+    ours, bn = _sync_and_bn()
+    twin = copy.deepcopy(ours)
+    scripted = torch.jit.script(twin)
+    for x, dy in _steps(2, 4):
+        out_sync = _step_both(ours, scripted, x, dy)
+        _assert_same_step(out_sync)
+        _assert_same_step([_step(bn, x, dy), out_sync[0]])
+        _assert_same_buffers(ours, twin)
+        _assert_same_buffers(bn, twin)
+    assert int(twin.num_batches_tracked) == 4
+
+
+SYNC_IN_A_GROUP = textwrap.dedent("""
+    import copy, sys, tempfile, datetime
+    import torch, torch.distributed as dist
+    import bnlab
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    kind, world = sys.argv[1], int(sys.argv[2])
+    if kind == "fake":                     # a world of 2 ranks in this one process (no collective runs)
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    else:                                  # a real gloo group of one rank
+        dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=30))
+    m = bnlab.SyncBatchNorm(3, dtype=torch.float64)
+    s = torch.jit.script(copy.deepcopy(m))
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    try:
+        y = s(x)
+    except Exception as err:               # torch.jit.Error, TorchScript's carrier of the RuntimeError raised
+        print("raised:", str(err).strip().splitlines()[-1])
+    else:
+        bn = bnlab.BatchNorm2d(3, dtype=torch.float64)
+        torch.testing.assert_close(y, m(x), rtol=0, atol=0)          # eager SyncBatchNorm: local in a group of one
+        torch.testing.assert_close(y, bn(x), rtol=0, atol=0)
+        for k, v in bn.state_dict().items():
+            torch.testing.assert_close(s.state_dict()[k], v, rtol=0, atol=0)
+        print("trained")
+    s.eval(); m.eval()
+    m.load_state_dict(s.state_dict())
+    torch.testing.assert_close(s(x), m(x), rtol=0, atol=0)
+    print("eval ok")
+    dist.destroy_process_group()
+""")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("kind,world,expect", [("fake", 2, "raised"), ("gloo", 1, "trained")])
+def test_scripted_sync_batchnorm_in_a_process_group(kind, world, expect):
+    """With a process group of W > 1 ranks the scripted training step says why it cannot synchronize;
+    a group of one is local BN, as in eager mode. Eval mode never synchronizes."""
+    done = subprocess.run([sys.executable, "-c", SYNC_IN_A_GROUP, kind, str(world)], capture_output=True,
+                          text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith(expect) and lines[-1] == "eval ok", done.stdout
+    if expect == "raised":
+        assert "RuntimeError: SyncBatchNorm in TorchScript cannot synchronize over a process group of 2 ranks" in lines[0]
+        assert "TorchScript cannot compile" in lines[0]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")
 
 
 def test_save_load_in_a_fresh_process(tmp_path):
@@ -92,6 +269,46 @@ def test_save_load_in_a_fresh_process(tmp_path):
                 torch.testing.assert_close(m(io["x"]), io["y"], rtol=1e-6, atol=1e-5)
         print("ok")
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_training_save_load_in_a_fresh_process(tmp_path):
+    """A model with every bnlab layer, scripted in training mode, saved, loaded in a new interpreter and
+    trained there for three steps: outputs, gradients and buffers equal the eager model's here (float64)."""
+    model = every_layer_model().to(F64).train()
+    torch.jit.save(torch.jit.script(copy.deepcopy(model)), str(tmp_path / "train.pt"))
+    g = torch.Generator().manual_seed(3)
+    steps = []
+    for t in range(3):
+        x = (torch.randn(4, 3, 6, 6, generator=g, dtype=F64) * (1 + t) + t).requires_grad_(True)
+        dy = torch.randn(4, 4, 6, 6, generator=g, dtype=F64)
+        y = model(x)
+        y.backward(dy)
+        steps.append({"x": x.detach(), "dy": dy, "y": y.detach(), "dx": x.grad,
+                      "grads": {k: p.grad.clone() for k, p in model.named_parameters()}})
+        model.zero_grad(set_to_none=True)
+    torch.save({"steps": steps, "state": model.state_dict()}, str(tmp_path / "io.pt"))
+    code = textwrap.dedent(f"""
+        import torch, bnlab
+        io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        m = torch.jit.load({str(tmp_path / 'train.pt')!r})
+        assert m.training
+        tol = dict(rtol=1e-12, atol=1e-12)
+        for s in io["steps"]:
+            x = s["x"].clone().requires_grad_(True)
+            y = m(x)
+            y.backward(s["dy"])
+            torch.testing.assert_close(y, s["y"], **tol)
+            torch.testing.assert_close(x.grad, s["dx"], **tol)
+            for k, p in m.named_parameters():
+                torch.testing.assert_close(p.grad, s["grads"][k], **tol, msg=k)
+                p.grad = None
+        state = m.state_dict()
+        assert state.keys() == io["state"].keys()
+        for k, v in io["state"].items():
+            torch.testing.assert_close(state[k], v, **tol, msg=k)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -26,7 +26,8 @@ import torch
 
 from .._stats import broadcast_shape, channel_mean_var, compute_dtype, count_per_channel, merge_mean_m2, reduce_dims
 
-__all__ = ["sync_group", "local_summary", "merge_summaries", "global_mean_var", "grad_sums", "all_reduce_sum"]
+__all__ = ["sync_group", "group_size", "local_summary", "merge_summaries", "global_mean_var", "grad_sums",
+           "all_reduce_sum"]
 
 
 def _dist():
@@ -50,6 +51,42 @@ def sync_group(process_group=None):
         return None
     group = dist.group.WORLD if process_group is None else process_group
     return group if dist.get_world_size(group) > 1 else None
+
+
+def _resolve_group(name: str):
+    """The process group a scripted SyncBatchNorm names: ``""`` is the world, else a group's ``group_name``."""
+    import torch.distributed as dist
+
+    if name == "":
+        return None
+    try:
+        return dist.distributed_c10d._resolve_process_group(name)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for an unknown name
+        raise RuntimeError(f"SyncBatchNorm: process group {name!r} (named when the module was scripted) does "
+                           f"not exist in this process ({err})") from None
+
+
+def group_size(input: torch.Tensor, group_name: str) -> int:
+    """Ranks a SyncBatchNorm forward would synchronize over: 1 when :func:`sync_group` gives ``None``.
+
+    The kernel of the operator ``bnlab::sync_group_size``, through which TorchScript code
+    (which cannot call ``torch.distributed``) asks the same question as eager code.
+    """
+    if _dist() is None:
+        return 1
+    group = sync_group(_resolve_group(group_name))
+    if group is None:
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size(group)
+
+
+# ``bnlab::sync_group_size(input, group_name) -> int``: the one distributed question scripted
+# SyncBatchNorm asks at run time (a Python kernel; the input only selects the dispatch key)
+_LIB = torch.library.Library("bnlab", "FRAGMENT")
+_LIB.define("sync_group_size(Tensor input, str group_name) -> int")
+_LIB.impl("sync_group_size", group_size, "CompositeExplicitAutograd")
 
 
 def local_summary(x: torch.Tensor) -> torch.Tensor:

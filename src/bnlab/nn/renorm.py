@@ -8,6 +8,7 @@ The math lives in :func:`bnlab.functional.batch_renorm_train` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,89 @@ def _ramp_tensor(step: Tensor, start: int, end: int) -> Tensor:
     if end <= start:
         return (t >= start).to(torch.float64)
     return ((t - start) / (end - start)).clamp(0.0, 1.0)
+
+# ---------------------------------------------------------------------------------------
+# The training step in TorchScript-compilable form. Each function repeats, op for op, the
+# eager function it names (which TorchScript cannot compile: tuple-valued reduce dims,
+# ``@torch.no_grad`` wrappers, Python-float schedule); tests/toolchain/test_torchscript.py
+# checks the scripted step against the eager one bit for bit in float64.
+# ---------------------------------------------------------------------------------------
+
+def _script_count(x: Tensor) -> int:
+    """:func:`bnlab._stats.count_per_channel`: m = N·∏spatial."""
+    c = x.shape[1]
+    return x.numel() // c if c > 0 else 0
+
+
+def _script_stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """:func:`bnlab._stats.stats_dtype`."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _script_mean_var(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`bnlab._stats.channel_mean_var`: μ_B and the biased σ²_B, compensated two-pass, float64 (C,)."""
+    dims: List[int] = [0] + [i for i in range(2, x.dim())]
+    shape: List[int] = [1, x.shape[1]] + [1 for _ in range(2, x.dim())]         # (1, C, 1, ...)
+    m = _script_count(x)
+    cd = torch.float32 if (x.dtype == torch.float16 or x.dtype == torch.bfloat16) else x.dtype
+    xc = x.to(cd)
+    mean = xc.sum(dim=dims, dtype=torch.float64) / m                # Alg. 1: μ_B = (1/m) Σ x_i
+    d = xc - mean.to(xc.dtype).view(shape)                           # (N, C, *)
+    s1 = d.sum(dim=dims, dtype=torch.float64)
+    s2 = (d * d).sum(dim=dims, dtype=torch.float64)
+    var = (s2 - s1 * s1 / m) / m                                     # Alg. 1: σ²_B (compensated)
+    mean = mean.to(xc.dtype).to(torch.float64) + s1 / m
+    return mean, var.clamp_min(0.0)
+
+
+def _script_limits(step: Tensor, schedule: Tuple[float, float, int, int, int]) -> Tuple[Tensor, Tensor]:
+    """:meth:`RenormSchedule.limits` at the 0-d tensor ``step``: float64 0-d ``(r_max(t), d_max(t))``."""
+    r_max, d_max, warmup, r_steps, d_steps = schedule
+    r = 1.0 + (r_max - 1.0) * _ramp_tensor(step, warmup, r_steps)
+    d = d_max * _ramp_tensor(step, warmup, d_steps)
+    return r, d
+
+
+def _script_correction(mean_b: Tensor, var_b: Tensor, running_mean: Tensor, running_var: Tensor, eps: float,
+                       r_max: Tensor, d_max: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`bnlab.functional.renorm_correction`: r = clip(σ_B/σ, 1/r_max, r_max), d = clip((μ_B − μ)/σ, ±d_max)."""
+    f64 = torch.float64
+    sigma_b = torch.sqrt(var_b.to(f64) + eps)                        # σ_B  (C,)
+    sigma = torch.sqrt(running_var.detach().to(f64) + eps)           # σ    (C,)
+    r = torch.clamp(sigma_b / sigma, 1.0 / r_max, r_max)
+    d = torch.clamp((mean_b.to(f64) - running_mean.detach().to(f64)) / sigma, -d_max, d_max)
+    return r, d
+
+
+def _script_track(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor, mean: Tensor,
+                  var: Tensor, m: int, momentum: Optional[float], eps: float, guard: bool) -> None:
+    """``_BatchNorm._track`` + :func:`bnlab.functional.update_running_renorm_stats`, the guard as a mask.
+
+    ok = all(isfinite(μ_B)) ∧ all(isfinite(σ²_B)) (or True without ``guard``, or for an
+    empty batch); num_batches_tracked += ok; then, for m > 0, with α = momentum (or
+    1/num_batches_tracked) in float64: μ ← μ + α(μ_B − μ), σ ← σ + α(σ_B − σ),
+    running_var = σ² − ε; a batch with ok False leaves every buffer as it was.
+    """
+    if guard and m > 0:
+        ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+    else:
+        ok = torch.ones((), dtype=torch.bool, device=mean.device)
+    with torch.no_grad():
+        num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
+        if m == 0:
+            return
+        f64 = torch.float64
+        if momentum is None:                                         # cumulative moving average
+            alpha = 1.0 / num_batches_tracked.to(f64).clamp_min(1)
+        else:                                                        # exponential moving average
+            alpha = torch.full((), momentum, dtype=f64, device=mean.device)
+        sigma = torch.sqrt(running_var.to(f64) + eps)                # σ    (C,)
+        sigma_b = torch.sqrt(var.to(f64) + eps)                      # σ_B  (C,)
+        sigma = sigma + alpha * (sigma_b - sigma)
+        new_mean = running_mean + (mean.to(f64) - running_mean.to(f64)).mul(alpha).to(running_mean.dtype)
+        new_var = (sigma * sigma - eps).clamp_min(0.0).to(running_var.dtype)
+        running_mean.copy_(torch.where(ok, new_mean, running_mean))
+        running_var.copy_(torch.where(ok, new_var, running_var))
 
 
 @dataclass(frozen=True)
@@ -122,11 +206,56 @@ class _BatchRenorm(_BatchNorm):
             return 1.0, 0.0
         return self.schedule.limits(int(nbt) if F.is_concrete(nbt) else nbt)
 
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``: the schedule as a plain tuple TorchScript can hold."""
+        s = self.schedule
+        self._script_schedule = (float(s.r_max), float(s.d_max), int(s.warmup_steps), int(s.r_max_steps),
+                                 int(s.d_max_steps))
+        return self
+
     def _scripted_forward(self, input: Tensor) -> Tensor:
-        """TorchScript's forward: Alg. 2 in eval mode; training raises (r, d, the σ average: no script form)."""
-        return self._scripted_eval_only(input, (
-            "BatchRenorm in TorchScript normalizes in eval mode only: its r/d corrections and σ moving average "
-            "have no TorchScript form; train it in eager mode or with torch.compile, script it in eval mode"))
+        """TorchScript's forward: the eager training step (schedule, r/d, μ/σ averages) op for op.
+
+        The step of the schedule is read as a tensor (no ``.item()``); the guard is a mask
+        (a non-finite batch changes no buffer nor ``num_batches_tracked``; it is not counted
+        in ``skipped_batches``, Python-side bookkeeping, as in every scripted bnlab layer).
+        """
+        if input.dim() < 2:
+            raise ValueError("expected at least 2D input")
+        use_batch, update = self._scripted_policy()
+        if not use_batch:
+            return self._scripted_eval(input)
+        m = _script_count(input)
+        if m == 1:
+            raise ValueError("Expected more than 1 value per channel when training")
+        rm = self.running_mean
+        rv = self.running_var
+        nbt = self.num_batches_tracked
+        weight = self.weight
+        bias = self.bias
+        if rm is not None and rv is not None and nbt is not None:
+            # y = γ·((x − μ_B)/σ_B · r + d) + β = BN with γ' = γ·r, β' = γ·d + β (r, d constants)
+            r_max, d_max = _script_limits(nbt, self._script_schedule)
+            mean_b, var_b = _script_mean_var(input.detach())         # (C,) float64
+            r, d = _script_correction(mean_b, var_b, rm, rv, self.eps, r_max, d_max)
+            pdt = weight.dtype if weight is not None else _script_stats_dtype(input.dtype)
+            r, d = r.to(pdt), d.to(pdt)
+            if weight is not None:
+                w_eff = weight * r
+                b_eff = weight * d
+            else:
+                w_eff = r
+                b_eff = d
+            if bias is not None:
+                b_eff = b_eff + bias
+            y, mean, var, _ok = torch.ops.bnlab.bn_train(input, w_eff, b_eff, None, None, None, 0.0, self.eps,
+                                                         False, "identity", 0.0)
+            if update:
+                _script_track(rm, rv, nbt, mean, var, m, self.momentum, self.eps, self.nonfinite_guard)
+            return y
+        # no running statistics: plain Batch Normalization (r = 1, d = 0)
+        return torch.ops.bnlab.bn_train(input, weight, bias, None, None, None, 0.0, self.eps, False,
+                                        "identity", 0.0)[0]
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

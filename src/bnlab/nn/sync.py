@@ -185,11 +185,42 @@ class SyncBatchNorm(_BatchNorm):
             return None
         return ds.sync_group(self.process_group)
 
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``: the process group by name (a string TorchScript can hold and save)."""
+        group = getattr(self, "process_group", None)
+        self._script_group = "" if group is None else str(group.group_name)
+        return self
+
     def _scripted_forward(self, input: Tensor) -> Tensor:
-        """TorchScript's forward: Alg. 2 in eval mode; training raises (no collectives in TorchScript)."""
-        return self._scripted_eval_only(input, (
-            "SyncBatchNorm in TorchScript normalizes in eval mode only: TorchScript cannot run the "
-            "torch.distributed collectives; train it in eager mode, script it in eval mode"))
+        """TorchScript's forward: bnlab's BatchNorm, unless the step would synchronize, which raises.
+
+        As in eager mode, a training step with batch statistics synchronizes only when
+        ``torch.distributed`` is initialized and the group has more than one rank (asked at
+        run time through ``bnlab::sync_group_size``); otherwise it is the local Alg. 1 / Alg. 2
+        with the same operators as ``_BatchNorm._scripted_forward`` (repeated here:
+        TorchScript has no ``super()``), running statistics included.
+        """
+        if input.dim() < 2:
+            raise ValueError("expected at least 2D input")
+        use_batch, update = self._scripted_policy()
+        if not use_batch:
+            return self._scripted_eval(input)
+        if self.training:
+            ranks = torch.ops.bnlab.sync_group_size(input, self._script_group)
+            if ranks > 1:
+                raise RuntimeError(
+                    "SyncBatchNorm in TorchScript cannot synchronize over a process group of " + str(ranks)
+                    + " ranks: the statistics all-gather (forward) and the gradient all-reduce (backward, in the "
+                    "Python autograd.Function SyncBatchNormFunction) call torch.distributed's Python "
+                    "collectives, which TorchScript cannot compile; train it in eager mode (DDP, torch.compile), "
+                    "script it in eval mode or without an initialized process group")
+        rm = self.running_mean
+        rv = self.running_var
+        if update and rm is not None:
+            return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
+                                            self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
+        return torch.ops.bnlab.bn_train(input, self.weight, self.bias, None, None, None, 0.0, self.eps,
+                                        False, "identity", 0.0)[0]
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
