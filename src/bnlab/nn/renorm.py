@@ -39,6 +39,7 @@ def _ramp_tensor(step: Tensor, start: int, end: int) -> Tensor:
         return (t >= start).to(torch.float64)
     return ((t - start) / (end - start)).clamp(0.0, 1.0)
 
+
 # ---------------------------------------------------------------------------------------
 # The training step in TorchScript-compilable form. Each function repeats, op for op, the
 # eager function it names (which TorchScript cannot compile: tuple-valued reduce dims,
@@ -74,7 +75,10 @@ def _script_mean_var(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _script_limits(step: Tensor, schedule: Tuple[float, float, int, int, int]) -> Tuple[Tensor, Tensor]:
-    """:meth:`RenormSchedule.limits` at the 0-d tensor ``step``: float64 0-d ``(r_max(t), d_max(t))``."""
+    """:meth:`RenormSchedule.limits` at a 0-d tensor ``step`` (traced and scripted code): float64 0-d tensors.
+
+    r_max(t) = 1 + (r_max − 1)·ramp(t; warmup, r_max_steps),  d_max(t) = d_max·ramp(t; warmup, d_max_steps).
+    """
     r_max, d_max, warmup, r_steps, d_steps = schedule
     r = 1.0 + (r_max - 1.0) * _ramp_tensor(step, warmup, r_steps)
     d = d_max * _ramp_tensor(step, warmup, d_steps)
@@ -163,10 +167,16 @@ class RenormSchedule:
         fake tensors), for which the limits come back as float64 0-d tensors computed
         without reading the step's value.
         """
-        ramp = _ramp_tensor if isinstance(step, torch.Tensor) else _ramp
-        r = 1.0 + (self.r_max - 1.0) * ramp(step, self.warmup_steps, self.r_max_steps)
-        d = self.d_max * ramp(step, self.warmup_steps, self.d_max_steps)
+        if isinstance(step, torch.Tensor):
+            return _script_limits(step, self.astuple())
+        r = 1.0 + (self.r_max - 1.0) * _ramp(step, self.warmup_steps, self.r_max_steps)
+        d = self.d_max * _ramp(step, self.warmup_steps, self.d_max_steps)
         return r, d
+
+    def astuple(self) -> tuple[float, float, int, int, int]:
+        """``(r_max, d_max, warmup_steps, r_max_steps, d_max_steps)``: the form TorchScript holds."""
+        return (float(self.r_max), float(self.d_max), int(self.warmup_steps), int(self.r_max_steps),
+                int(self.d_max_steps))
 
 
 class _BatchRenorm(_BatchNorm):
@@ -208,9 +218,7 @@ class _BatchRenorm(_BatchNorm):
 
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script``: the schedule as a plain tuple TorchScript can hold."""
-        s = self.schedule
-        self._script_schedule = (float(s.r_max), float(s.d_max), int(s.warmup_steps), int(s.r_max_steps),
-                                 int(s.d_max_steps))
+        self._script_schedule = self.schedule.astuple()
         return self
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
