@@ -136,10 +136,15 @@ def expected_duration(loaded: dict[str, Any], preset: str, jobs: int = 1) -> str
 
 
 def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool = False, resume: bool = False,
-              threads: int | None = None, jobs: int = 1) -> int:
-    """Run the experiments (``only`` or all) into ``out``; write the report; return the exit status."""
+              threads: int | None = None, jobs: int = 1, beside: Path | None = None) -> int:
+    """Run the experiments (``only`` or all) into ``out``; write the report; return the exit status.
+
+    ``beside``: the folder of another reproduce run (e.g. ``docs/results/full``) whose estimates the
+    report and the closing verdict lines show next to this run's (:mod:`bnlab.lab.report.beside`).
+    """
     from .commands import EXIT_FAILED, one_line, show_verdict
     from .experiments import REGISTRY
+    from .report.beside import beside_lines, beside_verdict, load_beside, run_label
     from .report.reproduce import not_run_record, write_reproduce
     from .runs.session import RunSession
 
@@ -149,6 +154,8 @@ def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool
         raise ConfigError(f"--only: unknown experiment(s) {unknown}; choose from {list(REGISTRY)}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if beside is not None and not Path(beside).is_dir():
+        raise ConfigError(f"--beside {beside}: no such folder; give the --out folder of a finished reproduce run")
     loaded = _load(names)
     for name, exp in loaded.items():
         if not isinstance(exp, tuple) and preset not in exp.presets:
@@ -168,9 +175,17 @@ def reproduce(out: Path, only: Sequence[str] | None, preset: str, *, force: bool
             print(f"[{i}/{len(names)}] " + show_verdict(result if isinstance(result, dict)
                                                          else not_run_record(exp, result)), flush=True)
             entries.append((exp, result, name))
-        md, page = write_reproduce(out, entries, preset, time.perf_counter() - t0)
+        md, page = write_reproduce(out, entries, preset, time.perf_counter() - t0, beside=beside)
+    others = load_beside(beside, [name for _, _, name in entries]) if beside is not None else {}
     print("\nverdicts:")
-    for exp, result, _ in entries:
+    for exp, result, name in entries:
         print("  " + show_verdict(result if isinstance(result, dict) else not_run_record(exp, result)))
+        if name in others:
+            b = others[name]
+            print(f"    beside ({b.folder}): " + (f"{beside_verdict(b.record)}, {run_label(b.record)}"
+                                                  if b.record is not None else b.reason))
+            if b.record is not None and isinstance(result, dict):
+                for line in beside_lines(result, b.record):
+                    print("      " + line)
     print(f"summary: {md}\nreport:  {page}  (open it in a browser)")
     return EXIT_FAILED if failed else 0

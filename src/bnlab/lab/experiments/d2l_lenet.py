@@ -62,7 +62,9 @@ class D2LConfig(ExperimentConfig, FashionData, LoopConfig):
 PRESETS = {
     "tiny": D2LConfig(**{**TINY_DATA, "train_limit": 384}, batch_size=64, epochs=2),
     "quick": D2LConfig(train_limit=3072, val_size=1000, test_limit=1000, eval_every_epochs=2),
-    "full": D2LConfig(fallback_dataset=""),
+    # d2l's protocol on all of Fashion-MNIST; evaluated every 2 epochs (val + all 10,000 test images cost
+    # ~1 s per evaluation on one core, 15 runs with the control)
+    "full": D2LConfig(fallback_dataset="", eval_every_epochs=2),
     "paper": D2LConfig(fallback_dataset="", seeds=(0, 1, 2, 3, 4)),
 }
 
@@ -81,7 +83,11 @@ class D2LLeNet(Experiment):
     config_cls = D2LConfig
     presets = PRESETS
     budget_s = 70
-    expected_s = {"full": 1080}  # estimate (quick CPU time scaled by steps), not a measured run
+    # predicted from timed short runs of the full config (1 thread, 2-core machine at load ~3.4), 2026-12-01;
+    # replaced by the measured duration once the full run has finished
+    expected_s = {"full": 1120}
+
+    preset_changes = {"full": ("Changed before the first full-scale run, to fit `bnlab reproduce --preset full` (all ten experiments with their controls) in ~85 min on one CPU core, from timed short runs; no full-scale result had been seen: evaluated every 2 epochs instead of every epoch (the validation split selects among epochs 2, 4, ..., 10); d2l's training protocol is unchanged.",)}
 
     def arms(self, cfg):
         return [Arm("plain", "sigmoid LeNet without BN", baseline=True),

@@ -155,8 +155,24 @@ def _control_html(rec: Mapping[str, Any], link: str) -> str:
             f'<a href="{_e(link)}">{_e(link)}</a></p>' + _checks_html(ctl["checks"], "control checks"))
 
 
-def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix: str = "") -> str:
-    """The ``<section>`` of one experiment; figures are read from ``run_dir``."""
+def _beside_html(rec: Mapping[str, Any], beside) -> str:
+    """The side-by-side table of ``rec`` and another run's record (``BesideRun``), or why there is none."""
+    if beside is None:
+        return ""
+    if beside.record is None:
+        return f'<h3>Beside: another run</h3><p class="meta">{_e(beside.reason)}</p>'
+    from .beside import beside_table
+
+    return f"<h3>Beside: the run in <code>{_e(beside.folder)}</code></h3>" + _table(beside_table(rec, beside.record))
+
+
+def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix: str = "",
+                 beside=None) -> str:
+    """The ``<section>`` of one experiment; figures are read from ``run_dir``.
+
+    ``beside``: a :class:`~bnlab.lab.report.beside.BesideRun` whose numbers are tabled next to
+    this run's (or whose absence is stated), or None.
+    """
     run_dir = Path(run_dir)
     kind = " (negative control)" if rec.get("control") else ""
     parts = [f'<section id="{_e(_slug(rec["experiment"]))}">',
@@ -172,6 +188,7 @@ def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix
                               "checks (paired by seed; direction and minimum effect fixed before the run)"))
     if not rec.get("control"):
         parts.append(_control_html(rec, f"{link_prefix}control/results.json"))
+    parts.append(_beside_html(rec, beside))
     for label, key in (("Published numbers", "published"), ("Our numbers", "tables")):
         if rec.get(key):
             parts.append(f"<h3>{label}</h3>" + "".join(_table(t) for t in rec[key]))
@@ -189,20 +206,27 @@ def section_html(rec: Mapping[str, Any], run_dir: str | os.PathLike, link_prefix
 
 def render_page(entries: Iterable[tuple[Mapping[str, Any], str | os.PathLike]], *, title: str =
                 "bnlab: the claims of Batch Normalization, reproduced", meta: Mapping[str, object] | None = None,
-                links: Sequence[str] | None = None) -> str:
-    """The whole page for ``entries`` = (record, run folder); ``links[i]`` = folder relative to the page."""
+                links: Sequence[str] | None = None, beside: Sequence[Any] | None = None) -> str:
+    """The whole page for ``entries`` = (record, run folder); ``links[i]`` = folder relative to the page.
+
+    ``beside[i]``: another run of entry i's experiment to table beside it (``BesideRun`` or None).
+    """
     entries = list(entries)
+    beside = list(beside) if beside is not None else [None] * len(entries)
+    other = any(b is not None for b in beside)
     meta = dict(meta or {})
     meta.setdefault("generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     links = list(links) if links is not None else [""] * len(entries)
     rows = "".join(
         f'<tr><td class="text"><a href="#{_e(_slug(r["experiment"]))}">{_e(r["title"])}</a></td>'
         f"<td>{_e(r['experiment'])}</td><td>{_badge(r['verdict'])}</td>"
-        f"<td>{_badge(r['control_summary']['verdict']) if r.get('control_summary') else '—'}</td></tr>"
-        for r, _ in entries)
+        f"<td>{_badge(r['control_summary']['verdict']) if r.get('control_summary') else '—'}</td>"
+        + (f"<td>{_e(_beside_verdict_text(b))}</td>" if other else "") + "</tr>"
+        for (r, _), b in zip(entries, beside))
+    extra = f"<th>{_e(_beside_head(beside))}</th>" if other else ""
     summary = ("<table><caption>Summary</caption><thead><tr><th>claim</th><th>experiment</th>"
-               f"<th>verdict</th><th>negative control</th></tr></thead><tbody>{rows}</tbody></table>")
-    body = "\n".join(section_html(r, d, link) for (r, d), link in zip(entries, links))
+               f"<th>verdict</th><th>negative control</th>{extra}</tr></thead><tbody>{rows}</tbody></table>")
+    body = "\n".join(section_html(r, d, link, b) for (r, d), link, b in zip(entries, links, beside))
     meta_html = " · ".join(f"{_e(k)}: {_e(v)}" for k, v in meta.items())
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -210,6 +234,21 @@ def render_page(entries: Iterable[tuple[Mapping[str, Any], str | os.PathLike]], 
             f"<h1>{_e(title)}</h1><p class=\"meta\">{meta_html}</p>\n"
             f"<p class=\"rule\"><b>How verdicts are computed.</b> {_e(VERDICT_RULE)}</p>\n"
             f"{summary}\n{body}\n</body></html>\n")
+
+
+def _beside_head(beside: Sequence[Any]) -> str:
+    """The summary column's heading: the preset(s) of the runs beside, as their records say."""
+    presets = sorted({str(b.record.get("preset")) for b in beside if b is not None and b.record is not None})
+    return f"beside: verdict (control), preset {' / '.join(presets) or '—'}"
+
+
+def _beside_verdict_text(b) -> str:
+    """The verdict (and control's) of a ``BesideRun``, ``—`` when it has no record."""
+    if b is None or b.record is None:
+        return "—"
+    from .beside import beside_verdict
+
+    return beside_verdict(b.record)
 
 
 def _md(text: object) -> str:
@@ -223,8 +262,8 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
     return out + [""]
 
 
-def section_markdown(rec: Mapping[str, Any]) -> str:
-    """The same section as Markdown (for ``results.md``)."""
+def section_markdown(rec: Mapping[str, Any], beside=None) -> str:
+    """The same section as Markdown (for ``results.md``); ``beside`` as in :func:`section_html`."""
     kind = " (negative control)" if rec.get("control") else ""
     out = [f"## {_md(rec['title'])}{kind}", "", f"**Claim.** {_md(rec['claim'])} ({_md(rec['source'])})", "",
            f"**Verdict: {_md(rec['verdict'])}** — preset {_md(rec.get('preset'))}, seeds "
@@ -236,6 +275,14 @@ def section_markdown(rec: Mapping[str, Any]) -> str:
     ctl = rec.get("control_summary")
     if ctl:
         out += [f"Negative control ({_md(ctl['path'])}): **{_md(ctl['verdict'])}**", ""]
+    if beside is not None and beside.record is None:
+        out += [f"Beside: {_md(beside.reason)}", ""]
+    elif beside is not None:
+        from .beside import beside_table
+
+        t = beside_table(rec, beside.record)
+        out += [f"**Beside: the run in {_md(beside.folder)}.** *{_md(t['caption'])}*", ""]
+        out += _md_table(t["header"], t["rows"])
     for t in [*rec.get("published", ()), *rec.get("tables", ())]:
         out += [f"*{_md(t.get('caption', ''))}*", ""] + _md_table(t["header"], t["rows"])
     out += [f"![{_md(f['caption'])}]({_md(f['file'])})" if _plain_name(f["file"]) else
@@ -247,14 +294,18 @@ def section_markdown(rec: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def page_markdown(records: Iterable[Mapping[str, Any]], header: str = "") -> str:
-    """``results.md`` of several experiments: the rule, a summary, one section each."""
+def page_markdown(records: Iterable[Mapping[str, Any]], header: str = "", beside: Sequence[Any] | None = None) -> str:
+    """``results.md`` of several experiments: the rule, a summary, one section each (``beside`` as in
+    :func:`render_page`)."""
     records = list(records)
+    beside = list(beside) if beside is not None else [None] * len(records)
+    other = any(b is not None for b in beside)
     out = ["# bnlab reproduce: results", "", header, "", f"**How verdicts are computed.** {_md(VERDICT_RULE)}", ""]
-    out += _md_table(("experiment", "verdict", "negative control"),
-                     ((r["experiment"], r["verdict"], (r.get("control_summary") or {}).get("verdict", "—"))
-                      for r in records))
-    return "\n".join(out) + "\n" + "\n".join(section_markdown(r) for r in records)
+    head = ("experiment", "verdict", "negative control", *((_beside_head(beside),) if other else ()))
+    out += _md_table(head, ((r["experiment"], r["verdict"], (r.get("control_summary") or {}).get("verdict", "—"),
+                             *((_beside_verdict_text(b),) if other else ())) for r, b in zip(records, beside)))
+    return "\n".join(out) + "\n" + "\n".join(section_markdown(r, b) for r, b in zip(records, beside))
+
 
 
 def verdict_line(rec: Mapping[str, Any]) -> str:

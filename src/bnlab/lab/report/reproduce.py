@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..runs.runfiles import run_metadata, write_text
+from .beside import load_beside
 from .render import page_markdown, render_page, verdict_line
 
 __all__ = ["not_run_record", "write_reproduce", "verdict_lines"]
@@ -21,23 +22,31 @@ def not_run_record(exp, error: BaseException | str) -> dict[str, Any]:
 
 
 def write_reproduce(out_dir: str | Path, entries: Sequence[tuple[Any, Any, str]], preset: str,
-                    seconds: float) -> tuple[Path, Path]:
+                    seconds: float, beside: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``out_dir/results.md`` and ``out_dir/report.html``; return their paths.
 
     ``entries`` = (experiment, its results record or the exception it failed with, run-folder
-    name relative to ``out_dir``).
+    name relative to ``out_dir``). ``beside``: a folder of another reproduce run whose numbers
+    are tabled beside these, experiment by experiment (:mod:`bnlab.lab.report.beside`).
     """
     out_dir = Path(out_dir)
     records = [rec if isinstance(rec, dict) else not_run_record(exp, rec) for exp, rec, _ in entries]
+    others = None
+    if beside is not None:
+        found = load_beside(beside, [name for _, _, name in entries])
+        others = [found[name] for _, _, name in entries]
     meta = run_metadata()
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"Preset `{preset}`, {stamp}, bnlab {meta['bnlab']}, torch {meta['torch']}, "
               f"{seconds / 60:.1f} min in all. Each experiment's folder holds config.json, metrics.jsonl, "
               "results.json, series.json, its figures and control/ (the negative control).")
-    md = write_text(out_dir / "results.md", page_markdown(records, header=header))
+    if beside is not None:
+        header += (f" Beside each experiment: the run found in {beside}/ (each column labelled with its "
+                   "own preset, seeds and code version).")
+    md = write_text(out_dir / "results.md", page_markdown(records, header=header, beside=others))
     page = render_page([(r, out_dir / name) for r, (_, _, name) in zip(records, entries)],
                        meta={"preset": preset, "total": f"{seconds / 60:.1f} min", "bnlab": meta["bnlab"]},
-                       links=[f"{name}/" for _, _, name in entries])
+                       links=[f"{name}/" for _, _, name in entries], beside=others)
     html_path = write_text(out_dir / "report.html", page)
     return md, html_path
 

@@ -148,6 +148,9 @@ class Experiment:
     # estimated wall seconds of a preset (run + control, idle 2-core machine, threads 1), printed by
     # `bnlab reproduce` before it starts; "quick" defaults to budget_s, presets without one are unknown
     expected_s: ClassVar[Mapping[str, float]] = {}
+    # how a preset's protocol was changed, and why (e.g. cut to fit a time budget): printed among the
+    # deviations of every run of that preset, so a reader of its numbers sees the change
+    preset_changes: ClassVar[Mapping[str, Sequence[str]]] = {}
 
     def expected_seconds(self, preset: str) -> float | None:
         """Estimated wall time of ``preset`` in seconds, or ``None`` when there is no estimate."""

@@ -12,6 +12,7 @@ Files written into the run folder, all atomically:
 """
 from __future__ import annotations
 
+import datetime as _dt
 import time
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,10 @@ def results_record(exp: Experiment, cfg, results: Results, *, preset: str | None
         "published": [dict(t) for t in exp.published()],
         "figures": [dict(f) for f in figures],
         "notes": [] if control else list(exp.notes(cfg, results)),
-        "deviations": list(exp.deviations(cfg)),
+        "deviations": list(exp.deviations(cfg)) + list(exp.preset_changes.get(preset, ())),
         "seconds": round(seconds, 2),
         "budget_s": exp.budget_s,
+        "finished": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
