@@ -99,6 +99,9 @@ def _add_reproduce(sub) -> None:
                      help="run N experiments at a time in worker processes (default: 1; 2 fills a 2-core machine)")
     rep.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads per experiment (default: each preset's; 0: automatic)")
+    rep.add_argument("--beside", type=Path, default=None, metavar="DIR",
+                     help="folder of another finished reproduce run (e.g. docs/results/full) whose estimates are "
+                          "shown beside this run's, each column labelled with its own preset and code version")
 
 
 def _add_train(sub) -> None:

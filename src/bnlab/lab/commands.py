@@ -122,7 +122,7 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     return reproduce(args.out, args.only, args.preset, force=args.force, resume=args.resume,
-                     threads=args.threads, jobs=args.jobs)
+                     threads=args.threads, jobs=args.jobs, beside=args.beside)
 
 
 def _check_dataset(cfg) -> None:
