@@ -199,7 +199,7 @@ def test_scripted_sync_batchnorm_trains_as_batchnorm_without_process_group():
 
 
 SYNC_IN_A_GROUP = textwrap.dedent("""
-    import copy, sys, tempfile, datetime
+    import copy, datetime, io, sys, tempfile
     import torch, torch.distributed as dist
     import bnlab
     from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -227,6 +227,13 @@ SYNC_IN_A_GROUP = textwrap.dedent("""
     s.eval(); m.eval()
     m.load_state_dict(s.state_dict())
     torch.testing.assert_close(s(x), m(x), rtol=0, atol=0)
+    if kind == "gloo":                     # a named subgroup (of one rank): resolved by name at run time
+        sub = torch.jit.script(bnlab.SyncBatchNorm(3, dtype=torch.float64, process_group=dist.new_group([0])))
+        buf = io.BytesIO()
+        torch.jit.save(sub, buf)           # the group is saved by name, not as an object
+        buf.seek(0)
+        for mod in (sub, torch.jit.load(buf)):
+            torch.testing.assert_close(mod(x), bnlab.BatchNorm2d(3, dtype=torch.float64)(x), rtol=0, atol=0)
     print("eval ok")
     dist.destroy_process_group()
 """)

@@ -149,6 +149,9 @@ class SyncBatchNorm(_BatchNorm):
     "Updating Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979.
     """
 
+    # TorchScript holds the group by name (``_script_group``): a ProcessGroup object cannot be saved
+    __jit_ignored_attributes__ = ["process_group"]
+
     def __init__(
         self,
         num_features: int,
