@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import bnlab
+from bnlab.lab.engine import distributed as D
 from bnlab.lab.runs.checkpoint import load_checkpoint
 from bnlab.lab.runs.runfiles import read_json
 from bnlab.lab.engine.train_job import TrainConfig, run_training
@@ -119,3 +120,24 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
         assert torch.equal(a[k], b[k]), k
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert lines == (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+
+
+def test_shutdown_meets_at_a_barrier_only_on_a_normal_exit(monkeypatch):
+    """D.shutdown() from a finally: barrier then destroy on success; destroy alone while an exception propagates."""
+    calls = []
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(D.dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(D.dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(D.dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+    try:
+        pass
+    finally:
+        D.shutdown()
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    with pytest.raises(KeyError):
+        try:
+            raise KeyError("a rank failed")
+        finally:
+            D.shutdown()
+    assert calls == ["destroy"]

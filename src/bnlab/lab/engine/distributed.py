@@ -10,6 +10,7 @@ with BN each rank normalizes over its own slice unless SyncBatchNorm is used.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -52,5 +53,14 @@ def all_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 def shutdown() -> None:
+    """Leave the process group (call it from a ``finally``).
+
+    On a normal exit the ranks first meet at a barrier, so that none tears its
+    connections down while another still uses them (as the CLI's session does); while
+    an exception propagates there is no barrier: a peer may be gone, and the
+    collective timeout would only delay the error.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
