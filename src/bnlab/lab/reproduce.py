@@ -128,8 +128,8 @@ def expected_duration(loaded: dict[str, Any], preset: str, jobs: int = 1) -> str
         else:
             known += est
     wall = known / max(1, min(jobs, len(loaded)))
-    text = (f"expected duration: ~{wall / 60:.0f} min on an idle 2-core machine "
-            f"(sum of per-experiment estimates, runs and controls; Ctrl-C stops, --resume continues)")
+    text = (f"expected duration: ~{wall / 60:.0f} min, one thread per experiment (the sum of the per-experiment "
+            f"estimates, runs and controls, ÷ jobs; a busy machine takes longer; Ctrl-C stops, --resume continues)")
     if unknown:
         text += f"; no estimate for {', '.join(unknown)}"
     return text
