@@ -12,6 +12,8 @@ import pytest
 
 from bnlab.lab.reproduce import reproduce
 from bnlab.lab.runs.safety import escape_md
+
+from report_probe import CHROMIUM, probe
 from bnlab.lab.report.beside import beside_lines, beside_table, load_beside, run_label
 
 pytestmark = pytest.mark.usefixtures("reference_kernels")
@@ -97,6 +99,9 @@ def test_reproduce_shows_the_run_beside_in_every_output(tmp_path, capsys):
         assert esc("beside: verdict (control), preset full") in text
     for c in rec["checks"]:
         assert f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]" in page
+    if CHROMIUM.exists():                         # the wider page still fits: no overlap, no overflow
+        result = probe(page, tmp_path)
+        assert " broken=0 blurry=0 overlaps=0 overflow=0 " in result, result
     # a folder without this experiment: the section says so, the report is still written
     empty = tmp_path / "empty"
     empty.mkdir()
