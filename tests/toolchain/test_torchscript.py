@@ -140,6 +140,20 @@ def test_scripted_renorm_training_equals_eager(dim, momentum, affine):
     _assert_same(scripted(x), eager(x))
 
 
+@pytest.mark.parametrize("xdt,pdt", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                     (torch.float16, torch.float16)], ids=["f32", "bf16-f32", "f16"])
+def test_scripted_renorm_training_equals_eager_in_low_precision(xdt, pdt):
+    """The same step in float32 and half types (half input with float32 or half parameters): bit for bit."""
+    torch.manual_seed(0)
+    eager = bnlab.BatchRenorm2d(3, warmup_steps=0, r_max_steps=2, d_max_steps=2, r_max=1.5, d_max=0.5, dtype=pdt)
+    twin = copy.deepcopy(eager)
+    scripted = torch.jit.script(twin)
+    for t in range(4):
+        x = (torch.randn(4, 3, 3, 3) * (1 + t) + t).to(xdt)
+        _assert_same(scripted(x), eager(x))
+        _assert_same_buffers(eager, twin)
+
+
 def test_scripted_renorm_guard_and_policy_equal_eager():
     """A non-finite batch changes no buffer (eager: skipped and counted; scripted: masked, not counted);
     use_batch_stats / update_running_stats / track_running_stats=False behave alike."""
