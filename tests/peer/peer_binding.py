@@ -84,11 +84,9 @@ def torch_oracle():
 
 # bnlab failures of tests that pass on torch, each with the open request that tracks it (strict: a fix
 # makes the entry fail as XPASS, so it gets removed). Keys: (binding, test file, test name, words of its pytest id).
-KNOWN_BNLAB_FAILURES = {
-    ("bnlab", "test_modules_batchnorm.py", "test_memory_format", ("f32", "train", "BatchNorm2d")):
-        "compiled kernels: channels-last training gradients differ from the contiguous ones by up to 1.6e-5 "
-        "(float32 tolerance 1e-5; torch and bnlab's reference backend stay within it)",
-}
+# (none open: the channels-last gradient gap of test_memory_format[bnlab-f32-train-BatchNorm2d] is fixed,
+# tests/kernels/test_layout_precision.py measures it)
+KNOWN_BNLAB_FAILURES: dict = {}
 
 
 def _mark_known_failure(node, name):

@@ -205,9 +205,6 @@ RUNNING_STATS_TANGENT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bnlab bug, open: a dual running statistic reaches "
-                   "the operators' autograd Functions, which have no jvp (reference: NotImplementedError; compiled, "
-                   "module in training: RuntimeError); fix requested from K in COORD.md, 12:24/12:42")
 @pytest.mark.parametrize("kernels", ["auto", "reference"])
 def test_forward_ad_tangent_on_running_stats_only(kernels):
     """A tangent on running_mean/running_var only (the input without one): torch's BN returns the output

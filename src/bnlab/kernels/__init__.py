@@ -168,6 +168,12 @@ _T_train, _T_train_, _T_eval, _T_stats, _T_apply = (
 )
 
 
+def _primal(t):
+    """``t`` without a forward-AD tangent: torch's BN ignores a running statistic's tangent (and
+    updates the primal, a view of the dual buffer, in place)."""
+    return t if t is None else _fwAD.unpack_dual(t).primal
+
+
 def bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps,
              guard=True, act="identity", act_param=0.0, inplace=False):
     """Alg. 1 with the running-statistics update in place: ``(y, mean, var, ok)``.
@@ -179,6 +185,8 @@ def bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked, mo
     ``inplace=True`` writes y over ``x`` (In-Place ABN; ``act`` identity or leaky_relu,
     γ ≠ 0) and returns ``x`` as y.
     """
+    if _fwAD._current_level >= 0:
+        running_mean, running_var = _primal(running_mean), _primal(running_var)
     if _composite((x, weight, bias)):
         if inplace:
             raise RuntimeError("bnlab: in-place BN cannot run under functorch transforms or forward AD")
@@ -202,6 +210,8 @@ def bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked, mo
 
 def bn_eval(x, running_mean, running_var, weight, bias, eps, act="identity", act_param=0.0):
     """Alg. 2: ``y = act(γ·(x − running_mean)/sqrt(running_var + ε) + β)``; no gradient to the statistics."""
+    if _fwAD._current_level >= 0:
+        running_mean, running_var = _primal(running_mean), _primal(running_var)
     if _composite((x, weight, bias)):
         return reference.bn_eval(x, running_mean.detach(), running_var.detach(), weight, bias, eps, act, act_param)
     return _T_eval(x, running_mean, running_var, weight, bias, eps, act, act_param)

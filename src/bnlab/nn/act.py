@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .. import functional as F
 from .. import kernels
 from ..kernels import ACTIVATIONS, INVERTIBLE
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _dim_error, fx_leaf, graph_batch_norm
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d", "act_spec"]
 _MODULES = {"identity": nn.Identity, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
@@ -66,6 +66,38 @@ def _check_invertible(layer, spec) -> None:
             f"negative_slope > 0) to recover x̂ from the output in backward; got {layer.act!r}. "
             "Use inplace=False for relu/silu (which still saves only the input)"
         )
+
+
+def _check_inplace_input(name: str, input: Tensor, weight) -> None:
+    """In-Place ABN's run-time conditions: an input that is not a leaf requiring grad, γ ≠ 0."""
+    grad = torch.is_grad_enabled()
+    if grad and input.is_leaf and input.requires_grad:
+        raise RuntimeError(f"{name}(inplace=True) overwrites its input, which here is a leaf tensor that "
+                           "requires grad; feed it the output of another layer (or x.clone())")
+    if grad and weight is not None and weight.requires_grad and bool((weight == 0).any()):
+        raise ValueError(f"{name}(inplace=True) recovers x̂ = (z − β)/γ in backward and cannot with γ = 0 "
+                         "in some channel; use inplace=False for this layer")
+
+
+@fx_leaf
+def graph_batch_norm_act(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                         ranks: tuple, use_batch: bool, update: bool, momentum, eps: float, guard: bool,
+                         act: str, act_param: float, inplace: bool, name: str) -> Tensor:
+    """A BatchNormAct layer's fused forward as a function of its tensors and resolved configuration.
+
+    What ``torch.fx.symbolic_trace`` of a bare layer records (see ``batchnorm._fx_root_forward``).
+    """
+    _dim_error(input, ranks)
+    F.check_input(input, running_mean, running_var, weight, bias, training=use_batch, eps=eps)
+    if not use_batch:
+        return kernels.bn_eval(input, running_mean, running_var, weight, bias, eps, act=act, act_param=act_param)
+    if inplace:
+        _check_inplace_input(name, input, weight)
+    if not update:
+        return kernels.bn_train(input, weight, bias, None, None, None, momentum, eps, False, act, act_param,
+                                inplace=inplace)[0]
+    return kernels.bn_train(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps,
+                            guard, act, act_param, inplace=inplace)[0]
 
 
 class _BatchNormAct:
@@ -152,14 +184,25 @@ class _BatchNormAct:
 
     def _check_inplace(self, input: Tensor, kind: str, p: float) -> None:
         _check_invertible(self, (kind, p))
-        name = type(self).__name__
-        grad = torch.is_grad_enabled()
-        if grad and input.is_leaf and input.requires_grad:
-            raise RuntimeError(f"{name}(inplace=True) overwrites its input, which here is a leaf tensor that "
-                               "requires grad; feed it the output of another layer (or x.clone())")
-        if grad and self.weight is not None and self.weight.requires_grad and bool((self.weight == 0).any()):
-            raise ValueError(f"{name}(inplace=True) recovers x̂ = (z − β)/γ in backward and cannot with γ = 0 "
-                             "in some channel; use inplace=False for this layer")
+        _check_inplace_input(type(self).__name__, input, self.weight)
+
+    def _fx_graph_call(self):
+        """The bare fx graph (see ``batchnorm._fx_root_forward``): the fused node, or BN's node then ``act``."""
+        if type(self)._forward_impl is not _BatchNormAct._forward_impl or not self._fx_plain_ranks():
+            return None
+        w, b, rm, rv, nbt = self._fx_state()
+        use_batch, update = self._batch_stats_policy(rm, rv), self._updates_running_stats()
+        spec = act_spec(self.act)
+        if spec is None:                                             # a replaced act: BN, then act
+            if self.inplace:
+                _check_invertible(self, spec)
+            return graph_batch_norm, (w, b, rm, rv, nbt, self._ranks, use_batch, update, self.momentum, self.eps,
+                                      self.nonfinite_guard), self.act
+        if self.inplace and use_batch:
+            _check_invertible(self, spec)
+        return graph_batch_norm_act, (w, b, rm, rv, nbt, self._ranks, use_batch, update, self.momentum,
+                                      self.eps, self.nonfinite_guard, spec[0], spec[1], self.inplace,
+                                      type(self).__name__)
 
     def to_torch(self) -> nn.Sequential:
         """``nn.Sequential(torch.nn.BatchNorm*d, activation)`` with this layer's state and mode."""

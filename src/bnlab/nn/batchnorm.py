@@ -9,6 +9,7 @@ state_dict conventions (``_version`` 2); bnlab's ``_BatchNorm`` overrides the mo
 logic (which statistics normalize, which get updated) and the math, which is in
 :mod:`bnlab.functional` — no PyTorch batch-norm kernel runs.
 """
+import functools
 import warnings
 
 import torch
@@ -29,12 +30,82 @@ def _forward(module: nn.Module, input: Tensor) -> Tensor:
     return module._forward_impl(input)
 
 
+def _is_fx_root(module: nn.Module, input) -> bool:
+    """True while ``torch.fx.symbolic_trace(module)`` traces ``module`` itself (the graph's root)."""
+    return isinstance(input, torch.fx.Proxy) and input.tracer.root is module
+
+
 def _check_not_fx_root(module: nn.Module, input) -> None:
-    """A bnlab layer traced by ``torch.fx`` as the root module cannot name itself in its own graph."""
-    if isinstance(input, torch.fx.Proxy) and input.tracer.root is module:
+    """Refuse a bare-layer fx trace for a layer class that has no graph form (see ``_fx_graph_call``)."""
+    if _is_fx_root(module, input):
         raise TypeError(
             f"torch.fx.symbolic_trace of a bare {module._get_name()}: trace a model that contains it, "
             "e.g. torch.fx.symbolic_trace(nn.Sequential(layer))")
+
+
+def _fx_root_forward(module: nn.Module, input):
+    """The graph of ``torch.fx.symbolic_trace(layer)``: one ``call_function`` node of a bnlab function.
+
+    Inside a model a layer is one node calling the layer (``_forward``); a bare layer cannot
+    refer to itself in its own graph, so its node calls a pure function of the input, the
+    layer's tensors (``get_attr`` nodes: the GraphModule's own parameters and buffers, which
+    it updates in training mode as the layer does) and its configuration, resolved at trace
+    time as torch's own BatchNorm is (mode, momentum, eps).
+    """
+    call = module._fx_graph_call()
+    if call is None:
+        _check_not_fx_root(module, input)
+    fn, args, *after = call                                         # after: modules applied to the node's output
+    out = input.tracer.create_proxy("call_function", fn, (input, *args), {})
+    for m in after:
+        out = m(out)
+    return out
+
+
+def fx_leaf(fn):
+    """``fn(input, *args)`` as one ``call_function`` node whenever fx traces a call of it.
+
+    The graph functions below must stay single nodes in every trace — the first one, and
+    the re-trace a GraphModule runs when it is unpickled (its code calls them directly).
+    """
+    @functools.wraps(fn)
+    def node(input, *args):
+        if isinstance(input, torch.fx.Proxy):
+            return input.tracer.create_proxy("call_function", node, (input, *args), {})
+        return fn(input, *args)
+    return node
+
+
+def _layer_forward(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                   use_batch: bool, update: bool, momentum, eps: float, guard: bool):
+    """A BatchNorm layer's forward after its rank check: ``(y, ok)`` (``ok`` None without an update).
+
+    Every check happens before any state changes: a bad call leaves the buffers as they were.
+    """
+    F.check_input(input, running_mean, running_var, weight, bias, training=use_batch, eps=eps)
+    if not use_batch:
+        # Alg. 2: y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with the population estimates
+        return F.batch_norm_eval(input, running_mean, running_var, weight, bias, eps), None
+    # Alg. 1 with the mini-batch statistics μ_B, σ²_B; the operator folds them into the
+    # running ones in place (guarded) when the layer updates them
+    if not update:
+        return F.batch_norm_train(input, weight, bias, eps)[0], None
+    return F.batch_norm_train_tracked(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                                      momentum, eps, guard)
+
+
+@fx_leaf
+def graph_batch_norm(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                     ranks: tuple, use_batch: bool, update: bool, momentum, eps: float, guard: bool) -> Tensor:
+    """A bnlab BatchNorm layer's forward as a function of its tensors and resolved configuration.
+
+    What ``torch.fx.symbolic_trace`` of a bare layer records: the checks, Alg. 1 (updating
+    the running statistics in place when ``update``) or Alg. 2, exactly as the layer's forward
+    (whose guard bookkeeping, ``skipped_batches``, needs the layer: the guard itself acts).
+    """
+    _dim_error(input, ranks)
+    return _layer_forward(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                          use_batch, update, momentum, eps, guard)[0]
 
 
 # symbolic_trace records bnlab layers as one call_function node each (the layer's own
@@ -110,8 +181,31 @@ class _BatchNorm(_TorchBatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return self._scripted_forward(input)
-        _check_not_fx_root(self, input)
+        if _is_fx_root(self, input):
+            return _fx_root_forward(self, input)
         return _forward(self, input)
+
+    def _fx_plain_ranks(self) -> bool:
+        """True when the rank check is one of the ``_Input*d`` mixins' (described by ``_ranks``)."""
+        return type(self)._check_input_dim in (_Input1d._check_input_dim, _Input2d._check_input_dim,
+                                               _Input3d._check_input_dim)
+
+    def _fx_state(self) -> tuple:
+        """``(weight, bias, running_mean, running_var, num_batches_tracked)``, each a tensor or None."""
+        bufs, params = self._buffers, self._parameters
+        return (params.get("weight"), params.get("bias"), bufs.get("running_mean"), bufs.get("running_var"),
+                bufs.get("num_batches_tracked"))
+
+    def _fx_graph_call(self):
+        """``(function, args after the input)`` of this layer's bare fx graph, or None (refused).
+
+        A subclass that overrides ``_forward_impl`` gets None unless it overrides this too.
+        """
+        if type(self)._forward_impl is not _BatchNorm._forward_impl or not self._fx_plain_ranks():
+            return None
+        w, b, rm, rv, nbt = self._fx_state()
+        return graph_batch_norm, (w, b, rm, rv, nbt, self._ranks, self._batch_stats_policy(rm, rv),
+                                  self._updates_running_stats(), self.momentum, self.eps, self.nonfinite_guard)
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -119,18 +213,11 @@ class _BatchNorm(_TorchBatchNorm):
         bufs, params = self._buffers, self._parameters
         rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
         use_batch = self._batch_stats_policy(rm, rv)
-        # every check happens before any state changes: a bad call leaves the buffers as they were
-        F.check_input(input, rm, rv, w, b, training=use_batch, eps=self.eps)
-        if not use_batch:
-            # Alg. 2: y = γ·(x − E[x])/sqrt(Var[x] + ε) + β with the population estimates
-            return F.batch_norm_eval(input, rm, rv, w, b, self.eps)
-        # Alg. 1 with the mini-batch statistics μ_B, σ²_B; the operator folds them into the
-        # running ones in place (guarded) when this layer updates them
-        if not self._updates_running_stats():
-            return F.batch_norm_train(input, w, b, self.eps)[0]
-        y, ok = F.batch_norm_train_tracked(input, w, b, rm, rv, bufs.get("num_batches_tracked"),
-                                           self.momentum, self.eps, self.nonfinite_guard)
-        self._note_guard(ok)
+        update = use_batch and self._updates_running_stats()
+        y, ok = _layer_forward(input, w, b, rm, rv, bufs.get("num_batches_tracked"), use_batch, update,
+                               self.momentum, self.eps, self.nonfinite_guard)
+        if ok is not None:
+            self._note_guard(ok)
         return y
 
     def _note_guard(self, ok: Tensor) -> None:
@@ -302,6 +389,8 @@ def _dim_error(input, allowed: tuple[int, ...]) -> None:
 class _Input1d:
     """Input-rank check of the ``*1d`` layers: (N, C) or (N, C, L). Mixed in first."""
 
+    _ranks = (2, 3)
+
     def _check_input_dim(self, input: Tensor) -> None:
         _dim_error(input, (2, 3))
 
@@ -309,12 +398,16 @@ class _Input1d:
 class _Input2d:
     """Input-rank check of the ``*2d`` layers: (N, C, H, W). Mixed in first."""
 
+    _ranks = (4,)
+
     def _check_input_dim(self, input: Tensor) -> None:
         _dim_error(input, (4,))
 
 
 class _Input3d:
     """Input-rank check of the ``*3d`` layers: (N, C, D, H, W). Mixed in first."""
+
+    _ranks = (5,)
 
     def _check_input_dim(self, input: Tensor) -> None:
         _dim_error(input, (5,))

@@ -9,9 +9,27 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
+from .batchnorm import _BatchNorm, _dim_error, _Input1d, _Input2d, _Input3d, fx_leaf
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
+
+
+@fx_leaf
+def graph_ghost_batch_norm(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                           ranks: tuple, use_batch: bool, update: bool, momentum, eps: float, guard: bool,
+                           virtual_batch_size: int) -> Tensor:
+    """A Ghost BN layer's forward as a function of its tensors and resolved configuration.
+
+    What ``torch.fx.symbolic_trace`` of a bare layer records (see ``batchnorm._fx_root_forward``).
+    """
+    _dim_error(input, ranks)
+    F.check_input(input, running_mean, running_var, weight, bias, training=use_batch, eps=eps)
+    if not use_batch:
+        return F.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    if not update:
+        return F.ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size)[0]
+    return F.ghost_batch_norm_train(input, weight, bias, eps, virtual_batch_size, running_mean, running_var,
+                                    num_batches_tracked, momentum, guard)[0]
 
 
 class _GhostBatchNorm(_BatchNorm):
@@ -54,6 +72,14 @@ class _GhostBatchNorm(_BatchNorm):
         for ok in oks:
             self._note_guard(ok)
         return y
+
+    def _fx_graph_call(self):
+        if type(self)._forward_impl is not _GhostBatchNorm._forward_impl or not self._fx_plain_ranks():
+            return None
+        w, b, rm, rv, nbt = self._fx_state()
+        return graph_ghost_batch_norm, (w, b, rm, rv, nbt, self._ranks, self._batch_stats_policy(rm, rv),
+                                        self._updates_running_stats(), self.momentum, self.eps,
+                                        self.nonfinite_guard, self.virtual_batch_size)
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """TorchScript's forward: ghost batches of ``virtual_batch_size`` through ``bnlab::bn_train``."""

@@ -170,6 +170,18 @@ inline double hsum(const Vec& v) {
   return s;
 }
 
+// a[0..n) += v[0..n), in double
+template <typename Vec>
+inline void add_to(double* a, const Vec& v, int64_t n) {
+  alignas(64) typename Vec::value_type tmp[Vec::size()];
+  v.store(tmp);
+  if (n == Vec::size()) {
+    for (int64_t j = 0; j < Vec::size(); ++j) a[j] += static_cast<double>(tmp[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) a[j] += static_cast<double>(tmp[j]);
+  }
+}
+
 // Per-channel parameters (C values each, opmath) handed to the element functions:
 // broadcast for a CF row, loaded at channel offset c for a CL row.
 template <typename T, size_t K>
@@ -185,38 +197,54 @@ void elementwise(const Geometry& g, const scalar_t* x, const scalar_t* dy, scala
   const int64_t inner = g.cl ? g.c : g.s;
   if (inner == 0) return;
   const Vec zero(0);
+  // out of place (out aliases neither input) and rows of at least V values: tails overlap
+  const bool overlap = inner >= V && static_cast<const void*>(out) != static_cast<const void*>(x) &&
+                       static_cast<const void*>(out) != static_cast<const void*>(dy);
   at::parallel_for(0, g.rows(), std::max<int64_t>(1, kGrain / inner), [&](int64_t r0, int64_t r1) {
     Vec pv[K > 0 ? K : 1];
     if (!g.cl) {
       // CF: one channel per row, its parameters broadcast
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t off = r * inner, ch = r % g.c;
+      for (int64_t r = r0, ch = r0 % g.c; r < r1; ++r, ch = ch + 1 == g.c ? 0 : ch + 1) {
+        const int64_t off = r * inner;
         for (size_t k = 0; k < K; ++k) pv[k] = Vec(P[k][ch]);
         int64_t i = 0;
         for (; i + V <= inner; i += V) {
           store(out + off + i, f(load(x + off + i, V), dy ? load(dy + off + i, V) : zero, pv), V);
         }
         if (i < inner) {
-          const int64_t n = inner - i;
-          store(out + off + i, f(load(x + off + i, n), dy ? load(dy + off + i, n) : zero, pv), n);
+          if (overlap) {
+            // the row's last V values once more (same inputs, same outputs): a full vector
+            // instead of a masked one (a masked load/store goes through memory, ~10 ns)
+            const int64_t o = off + inner - V;
+            store(out + o, f(load(x + o, V), dy ? load(dy + o, V) : zero, pv), V);
+          } else {
+            const int64_t n = inner - i;
+            store(out + off + i, f(load(x + off + i, n), dy ? load(dy + off + i, n) : zero, pv), n);
+          }
         }
       }
       return;
     }
-    // CL: rows in memory order (one stream), the parameters of each channel vector
-    // loaded from L1
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t off = r * inner;
+    // CL: rows in memory order, four at a time: the parameters of each channel vector are
+    // loaded (from L1) once per four rows, not once per row
+    auto block = [&](int64_t r, int64_t q, int64_t i, int64_t n) {
+      for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
+      for (int64_t j = 0; j < q; ++j) {
+        const int64_t off = (r + j) * inner + i;
+        store(out + off, f(load(x + off, n), dy ? load(dy + off, n) : zero, pv), n);
+      }
+    };
+    constexpr int64_t kRows = 4;
+    int64_t r = r0;
+    for (; r + kRows <= r1; r += kRows) {
       int64_t i = 0;
-      for (; i + V <= inner; i += V) {
-        for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i);
-        store(out + off + i, f(load(x + off + i, V), dy ? load(dy + off + i, V) : zero, pv), V);
-      }
-      if (i < inner) {
-        const int64_t n = inner - i;
-        for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
-        store(out + off + i, f(load(x + off + i, n), dy ? load(dy + off + i, n) : zero, pv), n);
-      }
+      for (; i + V <= inner; i += V) block(r, kRows, i, V);
+      if (i < inner) block(r, kRows, i, inner - i);
+    }
+    if (r < r1) {
+      int64_t i = 0;
+      for (; i + V <= inner; i += V) block(r, r1 - r, i, V);
+      if (i < inner) block(r, r1 - r, i, inner - i);
     }
   });
 }
@@ -228,7 +256,6 @@ template <typename scalar_t, size_t K, typename F>
 void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
              const Params<opmath_t<scalar_t>, K>& P, const F& f, double* s1, double* s2) {
   using Vec = VecOf<scalar_t>;
-  using T = opmath_t<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.c;
   std::fill(s1, s1 + C, 0.0);
@@ -243,8 +270,7 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
     at::parallel_for(0, g.rows(), grain, [&](int64_t r0, int64_t r1) {
       Vec pv[K > 0 ? K : 1];
       constexpr int64_t kFlush = 64 * V;  // terms per lane before a flush into double
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t ch = r % C;
+      for (int64_t r = r0, ch = r0 % C; r < r1; ++r, ch = ch + 1 == C ? 0 : ch + 1) {
         for (size_t k = 0; k < K; ++k) pv[k] = Vec(P[k][ch]);
         const scalar_t* xr = x + r * inner;
         const scalar_t* dr = dy ? dy + r * inner : nullptr;
@@ -260,8 +286,16 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
           }
           for (; i < stop; i += V) {
             const int64_t n = std::min<int64_t>(V, stop - i);
-            f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
-            if (n < V) { v1 = Vec::set(zero, v1, n); v2 = Vec::set(zero, v2, n); }
+            if (n == V) {
+              f(load(xr + i, V), dr ? load(dr + i, V) : zero, pv, v1, v2);
+            } else if (inner >= V) {
+              // the row's tail (i + n == inner): its last V values, the V − n counted already zeroed
+              f(load(xr + inner - V, V), dr ? load(dr + inner - V, V) : zero, pv, v1, v2);
+              v1 = Vec::set(v1, zero, V - n); v2 = Vec::set(v2, zero, V - n);
+            } else {
+              f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
+              v1 = Vec::set(zero, v1, n); v2 = Vec::set(zero, v2, n);
+            }
             a1 += v1; a2 += v2;
           }
           d1 += hsum(a1 + b1);
@@ -271,73 +305,51 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
         rs[2 * r + 1] = d2;
       }
     });
-    for (int64_t r = 0; r < g.rows(); ++r) {
-      s1[r % C] += rs[2 * r];
-      s2[r % C] += rs[2 * r + 1];
+    for (int64_t r = 0, ch = 0; r < g.rows(); ++r, ch = ch + 1 == C ? 0 : ch + 1) {
+      s1[ch] += rs[2 * r];
+      s2[ch] += rs[2 * r + 1];
     }
     return;
   }
-  // CL: each thread sums its rows, in memory order, into its own (C,) opmath partial
-  // sums (four rows per update of them), flushed into double every 64 rows
+  // CL: each thread sums its rows, in memory order, into its own (C,) double sums. Four
+  // rows are added in opmath first and then flushed, so at most four terms of a channel are
+  // rounded in opmath before the double sum (the channels-first path rounds a few terms per
+  // lane too): both layouts give the same sums to double precision of their terms.
   const int nt = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(nt) * 2 * C, 0.0);
   at::parallel_for(0, g.rows(), grain, [&](int64_t r0, int64_t r1) {
     // the thread's own slot; a serial call from inside someone else's parallel region may
     // report a thread id beyond our count: it is then the only thread here
     const int slot = std::min<int>(at::get_thread_num(), nt - 1);
-    double* a = acc.data() + static_cast<size_t>(slot) * 2 * C;
-    constexpr int64_t kRows = 64;
-    std::vector<T> t1(C), t2(C);
+    double* a1 = acc.data() + static_cast<size_t>(slot) * 2 * C;
+    double* a2 = a1 + C;
     Vec pv[K > 0 ? K : 1];
-    for (int64_t rb = r0; rb < r1; rb += kRows) {
-      std::fill(t1.begin(), t1.end(), T(0));
-      std::fill(t2.begin(), t2.end(), T(0));
-      const int64_t re = std::min(r1, rb + kRows);
-      int64_t r = rb;
-      for (; r + 4 <= re; r += 4) {
-        const scalar_t* xr = x + r * C;
-        const scalar_t* dr = dy ? dy + r * C : nullptr;
-        int64_t i = 0;
-        for (; i + V <= C; i += V) {
-          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i);
-          Vec s1 = Vec::loadu(t1.data() + i), s2 = Vec::loadu(t2.data() + i), v1, v2;
-          for (int64_t q = 0; q < 4; ++q) {
-            f(load(xr + q * C + i, V), dr ? load(dr + q * C + i, V) : zero, pv, v1, v2);
-            s1 += v1;
-            s2 += v2;
-          }
-          s1.store(t1.data() + i);
-          s2.store(t2.data() + i);
-        }
-        if (i < C) {
-          const int64_t n = C - i;
-          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
-          Vec s1 = Vec::loadu(t1.data() + i, n), s2 = Vec::loadu(t2.data() + i, n), v1, v2;
-          for (int64_t q = 0; q < 4; ++q) {
-            f(load(xr + q * C + i, n), dr ? load(dr + q * C + i, n) : zero, pv, v1, v2);
-            s1 += v1;
-            s2 += v2;
-          }
-          s1.store(t1.data() + i, n);
-          s2.store(t2.data() + i, n);
-        }
+    // rows [r, r + q) of the channels [i, i + n), added into a1/a2
+    auto block = [&](int64_t r, int64_t q, int64_t i, int64_t n) {
+      for (size_t k = 0; k < K; ++k) pv[k] = n == V ? Vec::loadu(P[k] + i) : Vec::loadu(P[k] + i, n);
+      const scalar_t* xr = x + r * C + i;
+      const scalar_t* dr = dy ? dy + r * C + i : nullptr;
+      Vec t1, t2, v1, v2;
+      f(load(xr, n), dr ? load(dr, n) : zero, pv, t1, t2);
+      for (int64_t j = 1; j < q; ++j) {
+        f(load(xr + j * C, n), dr ? load(dr + j * C, n) : zero, pv, v1, v2);
+        t1 += v1;
+        t2 += v2;
       }
-      for (; r < re; ++r) {
-        const scalar_t* xr = x + r * C;
-        const scalar_t* dr = dy ? dy + r * C : nullptr;
-        for (int64_t i = 0; i < C; i += V) {
-          const int64_t n = std::min<int64_t>(V, C - i);
-          for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(P[k] + i, n);
-          Vec v1, v2;
-          f(load(xr + i, n), dr ? load(dr + i, n) : zero, pv, v1, v2);
-          (Vec::loadu(t1.data() + i, n) + v1).store(t1.data() + i, n);
-          (Vec::loadu(t2.data() + i, n) + v2).store(t2.data() + i, n);
-        }
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        a[c] += static_cast<double>(t1[c]);
-        a[C + c] += static_cast<double>(t2[c]);
-      }
+      add_to(a1 + i, t1, n);
+      add_to(a2 + i, t2, n);
+    };
+    constexpr int64_t kRows = 4;
+    int64_t r = r0;
+    for (; r + kRows <= r1; r += kRows) {
+      int64_t i = 0;
+      for (; i + V <= C; i += V) block(r, kRows, i, V);
+      if (i < C) block(r, kRows, i, C - i);
+    }
+    if (r < r1) {
+      int64_t i = 0;
+      for (; i + V <= C; i += V) block(r, r1 - r, i, V);
+      if (i < C) block(r, r1 - r, i, C - i);
     }
   });
   for (int t = 0; t < nt; ++t) {

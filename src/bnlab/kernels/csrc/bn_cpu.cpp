@@ -12,6 +12,7 @@
 //   eval      one read+write pass (Alg. 2)
 #include <torch/library.h>
 
+#include "bn_alloc.h"
 #include "bn_common.h"
 
 namespace bnlab {
@@ -121,10 +122,14 @@ Affine affine(const std::vector<double>& invstd, const optional<Tensor>& w, cons
 }
 
 // the output tensor matching ``x`` (empty_like), and the buffer the kernels write:
-// itself when its strides are those of the dense input ``xd``
+// itself when its strides are those of the dense input ``xd`` (large ones on huge pages)
 Tensor output_for(const Tensor& x, const Tensor& xd, Tensor& target) {
+  if (xd.is_same(x)) {
+    target = empty_dense_like(xd);
+    return target;
+  }
   Tensor y = at::empty_like(x);
-  target = y.strides() == xd.strides() ? y : at::empty_like(xd);
+  target = y.strides() == xd.strides() ? y : empty_dense_like(xd);
   return y;
 }
 
@@ -208,7 +213,9 @@ static std::tuple<Tensor, Tensor, Tensor> train_into(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_train_apply", [&] {
     apply_pass<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mean_r, a.scale, a.beta, act, slope);
   });
-  return {mean_t, var_t, at::scalar_tensor(ok, x.options().dtype(at::kBool))};
+  Tensor ok_t = at::empty({}, x.options().dtype(at::kBool));
+  *ok_t.data_ptr<bool>() = ok;
+  return {mean_t, var_t, ok_t};
 }
 
 static void check_train(const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b,
