@@ -14,6 +14,7 @@ import torch._dynamo
 import torch.fx
 from torch import nn
 
+import bnlab
 from toolchain_models import KINDS, make_layer, randomize
 
 
@@ -48,11 +49,43 @@ def test_fx_symbolic_trace(kind, train):
     _step_matches(kind, train, trace)
 
 
-@pytest.mark.parametrize("kind", ["renorm", "sync", "frozen"])
+@pytest.mark.parametrize("kind", ["sync", "frozen"])
 def test_fx_trace_of_a_bare_layer_says_what_to_do(kind):
-    """Layers without a bare-layer graph form say what to do (BN, Ghost BN: tests/nn/test_fx_root.py)."""
+    """Layers without a bare-layer graph form say what to do (BN, Ghost BN: tests/nn/test_fx_root.py;
+    Batch Renorm: below). SyncBatchNorm decides at run time whether to synchronize, which a graph of
+    resolved configuration cannot hold."""
     with pytest.raises(TypeError, match="trace a model that contains it"):
         torch.fx.symbolic_trace(make_layer(kind, 4))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_fx_trace_of_a_bare_batch_renorm(dim, train):
+    """symbolic_trace(layer) of a bare Batch Renorm: one graph_batch_renorm node; over five steps of its
+    schedule (warm-up BN, the ramps, the final limits) the GraphModule's outputs, gradients and buffers
+    equal the eager layer's, float64, bit for bit."""
+    from bnlab.nn.renorm import graph_batch_renorm
+
+    shape = {1: (6, 3, 4), 2: (4, 3, 3, 2), 3: (3, 3, 2, 2, 2)}[dim]
+    eager = getattr(bnlab, f"BatchRenorm{dim}d")(3, r_max=1.5, d_max=0.4, warmup_steps=1, r_max_steps=4,
+                                                 d_max_steps=3, dtype=torch.float64).train(train)
+    randomize(eager).num_batches_tracked.zero_()                     # the schedule from its first step
+    gm = torch.fx.symbolic_trace(copy.deepcopy(eager))
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [graph_batch_renorm]
+    g = torch.Generator().manual_seed(dim)
+    for t in range(5):
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * (0.5 + 0.5 * t) + 1.0 - t
+        dy = torch.randn(shape, generator=g, dtype=torch.float64)
+        outs = []
+        for m in (eager, gm):
+            xi = x.clone().requires_grad_(True)
+            y = m(xi)
+            outs.append(torch.autograd.grad(y, [xi, *m.parameters()], dy) + (y.detach(),))
+        for u, v in zip(*outs):
+            torch.testing.assert_close(v, u, rtol=0, atol=0)
+        for k, v in eager.state_dict().items():
+            torch.testing.assert_close(gm.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert int(gm.num_batches_tracked) == (5 if train else 0)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from .. import functional as F
 from .._stats import count_per_channel
-from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
+from .batchnorm import _BatchNorm, _dim_error, _Input1d, _Input2d, _Input3d
 
-__all__ = ["RenormSchedule", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
+__all__ = ["RenormSchedule", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "graph_batch_renorm"]
 
 
 def _ramp(step: int, start: int, end: int) -> float:
@@ -179,6 +179,32 @@ class RenormSchedule:
                 int(self.d_max_steps))
 
 
+def graph_batch_renorm(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                       ranks: tuple, use_batch: bool, update: bool, momentum, eps: float, guard: bool,
+                       schedule: tuple) -> Tensor:
+    """A Batch Renorm layer's forward as a function of its tensors and resolved configuration.
+
+    What ``torch.fx.symbolic_trace`` of a bare layer records (see ``batchnorm._fx_root_forward``):
+    the checks, the schedule at ``num_batches_tracked`` (read when the graph runs), the r/d
+    corrections and the μ/σ averages, exactly as the layer's forward. ``schedule`` is
+    :meth:`RenormSchedule.astuple`. The guard acts as a mask (a non-finite batch changes no
+    buffer); a graph cannot count it in ``skipped_batches``.
+    """
+    _dim_error(input, ranks)
+    F.check_input(input, running_mean, running_var, weight, bias, training=use_batch, eps=eps)
+    if not use_batch:
+        return F.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    nbt = num_batches_tracked
+    if running_mean is None or nbt is None:                          # no running statistics: plain BN
+        return F.batch_norm_train(input, weight, bias, eps)[0]
+    step = int(nbt) if F.is_concrete(nbt) else nbt
+    r_max, d_max = RenormSchedule(*schedule).limits(step)
+    y, mean, var = F.batch_renorm_train(input, weight, bias, eps, running_mean, running_var, r_max, d_max)
+    if update:
+        _script_track(running_mean, running_var, nbt, mean, var, count_per_channel(input), momentum, eps, guard)
+    return y
+
+
 class _BatchRenorm(_BatchNorm):
     """Batch Renorm on top of bnlab's ``_BatchNorm`` (buffers, policy, guard)."""
 
@@ -264,6 +290,15 @@ class _BatchRenorm(_BatchNorm):
         # no running statistics: plain Batch Normalization (r = 1, d = 0)
         return torch.ops.bnlab.bn_train(input, weight, bias, None, None, None, 0.0, self.eps, False,
                                         "identity", 0.0)[0]
+
+    def _fx_graph_call(self):
+        """``(graph_batch_renorm, args after the input)``: the graph of a bare-layer ``torch.fx`` trace."""
+        if type(self)._forward_impl is not _BatchRenorm._forward_impl or not self._fx_plain_ranks():
+            return None
+        w, b, rm, rv, nbt = self._fx_state()
+        return graph_batch_renorm, (w, b, rm, rv, nbt, self._ranks, self._batch_stats_policy(rm, rv),
+                                    self._updates_running_stats(), self.momentum, self.eps, self.nonfinite_guard,
+                                    self.schedule.astuple())
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
