@@ -1,20 +1,21 @@
 """Batch Renormalization layers (Ioffe, 2017) with the paper's r_max / d_max schedule.
 
 The math lives in :func:`bnlab.functional.batch_renorm_train` and
-:func:`bnlab.functional.update_running_renorm_stats`; this module owns the schedule
-(:class:`RenormSchedule`) and the mode logic inherited from bnlab's ``_BatchNorm``
-(statistics policy, non-finite guard).
+:func:`bnlab.functional.update_running_renorm_stats` (their TorchScript forms in
+:mod:`bnlab.nn._renorm_script`); this module owns the schedule (:class:`RenormSchedule`)
+and the mode logic inherited from bnlab's ``_BatchNorm`` (statistics policy, non-finite guard).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as F
 from .._stats import count_per_channel
+from ._renorm_script import (script_count, script_correction, script_limits, script_mean_var, script_stats_dtype,
+                             script_track)
 from .batchnorm import _BatchNorm, _dim_error, _Input1d, _Input2d, _Input3d
 
 __all__ = ["RenormSchedule", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "graph_batch_renorm"]
@@ -30,101 +31,6 @@ def _ramp(step: int, start: int, end: int) -> float:
     if end <= start:
         return 1.0
     return min((step - start) / (end - start), 1.0)
-
-
-def _ramp_tensor(step: Tensor, start: int, end: int) -> Tensor:
-    """:func:`_ramp` on a 0-d tensor step, without data-dependent branches."""
-    t = step.to(torch.float64)
-    if end <= start:
-        return (t >= start).to(torch.float64)
-    return ((t - start) / (end - start)).clamp(0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------
-# The training step in TorchScript-compilable form. Each function repeats, op for op, the
-# eager function it names (which TorchScript cannot compile: tuple-valued reduce dims,
-# ``@torch.no_grad`` wrappers, Python-float schedule); tests/toolchain/test_torchscript.py
-# checks the scripted step against the eager one bit for bit in float64.
-# ---------------------------------------------------------------------------------------
-
-def _script_count(x: Tensor) -> int:
-    """:func:`bnlab._stats.count_per_channel`: m = N·∏spatial."""
-    c = x.shape[1]
-    return x.numel() // c if c > 0 else 0
-
-
-def _script_stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """:func:`bnlab._stats.stats_dtype`."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _script_mean_var(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """:func:`bnlab._stats.channel_mean_var`: μ_B and the biased σ²_B, compensated two-pass, float64 (C,)."""
-    dims: List[int] = [0] + [i for i in range(2, x.dim())]
-    shape: List[int] = [1, x.shape[1]] + [1 for _ in range(2, x.dim())]         # (1, C, 1, ...)
-    m = _script_count(x)
-    cd = torch.float32 if (x.dtype == torch.float16 or x.dtype == torch.bfloat16) else x.dtype
-    xc = x.to(cd)
-    mean = xc.sum(dim=dims, dtype=torch.float64) / m                # Alg. 1: μ_B = (1/m) Σ x_i
-    d = xc - mean.to(xc.dtype).view(shape)                           # (N, C, *)
-    s1 = d.sum(dim=dims, dtype=torch.float64)
-    s2 = (d * d).sum(dim=dims, dtype=torch.float64)
-    var = (s2 - s1 * s1 / m) / m                                     # Alg. 1: σ²_B (compensated)
-    mean = mean.to(xc.dtype).to(torch.float64) + s1 / m
-    return mean, var.clamp_min(0.0)
-
-
-def _script_limits(step: Tensor, schedule: Tuple[float, float, int, int, int]) -> Tuple[Tensor, Tensor]:
-    """:meth:`RenormSchedule.limits` at a 0-d tensor ``step`` (traced and scripted code): float64 0-d tensors.
-
-    r_max(t) = 1 + (r_max − 1)·ramp(t; warmup, r_max_steps),  d_max(t) = d_max·ramp(t; warmup, d_max_steps).
-    """
-    r_max, d_max, warmup, r_steps, d_steps = schedule
-    r = 1.0 + (r_max - 1.0) * _ramp_tensor(step, warmup, r_steps)
-    d = d_max * _ramp_tensor(step, warmup, d_steps)
-    return r, d
-
-
-def _script_correction(mean_b: Tensor, var_b: Tensor, running_mean: Tensor, running_var: Tensor, eps: float,
-                       r_max: Tensor, d_max: Tensor) -> Tuple[Tensor, Tensor]:
-    """:func:`bnlab.functional.renorm_correction`: r = clip(σ_B/σ, 1/r_max, r_max), d = clip((μ_B − μ)/σ, ±d_max)."""
-    f64 = torch.float64
-    sigma_b = torch.sqrt(var_b.to(f64) + eps)                        # σ_B  (C,)
-    sigma = torch.sqrt(running_var.detach().to(f64) + eps)           # σ    (C,)
-    r = torch.clamp(sigma_b / sigma, 1.0 / r_max, r_max)
-    d = torch.clamp((mean_b.to(f64) - running_mean.detach().to(f64)) / sigma, -d_max, d_max)
-    return r, d
-
-
-def _script_track(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor, mean: Tensor,
-                  var: Tensor, m: int, momentum: Optional[float], eps: float, guard: bool) -> None:
-    """``_BatchNorm._track`` + :func:`bnlab.functional.update_running_renorm_stats`, the guard as a mask.
-
-    ok = all(isfinite(μ_B)) ∧ all(isfinite(σ²_B)) (or True without ``guard``, or for an
-    empty batch); num_batches_tracked += ok; then, for m > 0, with α = momentum (or
-    1/num_batches_tracked) in float64: μ ← μ + α(μ_B − μ), σ ← σ + α(σ_B − σ),
-    running_var = σ² − ε; a batch with ok False leaves every buffer as it was.
-    """
-    if guard and m > 0:
-        ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
-    else:
-        ok = torch.ones((), dtype=torch.bool, device=mean.device)
-    with torch.no_grad():
-        num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
-        if m == 0:
-            return
-        f64 = torch.float64
-        if momentum is None:                                         # cumulative moving average
-            alpha = 1.0 / num_batches_tracked.to(f64).clamp_min(1)
-        else:                                                        # exponential moving average
-            alpha = torch.full((), momentum, dtype=f64, device=mean.device)
-        sigma = torch.sqrt(running_var.to(f64) + eps)                # σ    (C,)
-        sigma_b = torch.sqrt(var.to(f64) + eps)                      # σ_B  (C,)
-        sigma = sigma + alpha * (sigma_b - sigma)
-        new_mean = running_mean + (mean.to(f64) - running_mean.to(f64)).mul(alpha).to(running_mean.dtype)
-        new_var = (sigma * sigma - eps).clamp_min(0.0).to(running_var.dtype)
-        running_mean.copy_(torch.where(ok, new_mean, running_mean))
-        running_var.copy_(torch.where(ok, new_var, running_var))
 
 
 @dataclass(frozen=True)
@@ -168,7 +74,7 @@ class RenormSchedule:
         without reading the step's value.
         """
         if isinstance(step, torch.Tensor):
-            return _script_limits(step, self.astuple())
+            return script_limits(step, self.astuple())
         r = 1.0 + (self.r_max - 1.0) * _ramp(step, self.warmup_steps, self.r_max_steps)
         d = self.d_max * _ramp(step, self.warmup_steps, self.d_max_steps)
         return r, d
@@ -201,7 +107,7 @@ def graph_batch_renorm(input: Tensor, weight, bias, running_mean, running_var, n
     r_max, d_max = RenormSchedule(*schedule).limits(step)
     y, mean, var = F.batch_renorm_train(input, weight, bias, eps, running_mean, running_var, r_max, d_max)
     if update:
-        _script_track(running_mean, running_var, nbt, mean, var, count_per_channel(input), momentum, eps, guard)
+        script_track(running_mean, running_var, nbt, mean, var, count_per_channel(input), momentum, eps, guard)
     return y
 
 
@@ -259,7 +165,7 @@ class _BatchRenorm(_BatchNorm):
         use_batch, update = self._scripted_policy()
         if not use_batch:
             return self._scripted_eval(input)
-        m = _script_count(input)
+        m = script_count(input)
         if m == 1:
             raise ValueError("Expected more than 1 value per channel when training")
         rm = self.running_mean
@@ -269,10 +175,10 @@ class _BatchRenorm(_BatchNorm):
         bias = self.bias
         if rm is not None and rv is not None and nbt is not None:
             # y = γ·((x − μ_B)/σ_B · r + d) + β = BN with γ' = γ·r, β' = γ·d + β (r, d constants)
-            r_max, d_max = _script_limits(nbt, self._script_schedule)
-            mean_b, var_b = _script_mean_var(input.detach())         # (C,) float64
-            r, d = _script_correction(mean_b, var_b, rm, rv, self.eps, r_max, d_max)
-            pdt = weight.dtype if weight is not None else _script_stats_dtype(input.dtype)
+            r_max, d_max = script_limits(nbt, self._script_schedule)
+            mean_b, var_b = script_mean_var(input.detach())         # (C,) float64
+            r, d = script_correction(mean_b, var_b, rm, rv, self.eps, r_max, d_max)
+            pdt = weight.dtype if weight is not None else script_stats_dtype(input.dtype)
             r, d = r.to(pdt), d.to(pdt)
             if weight is not None:
                 w_eff = weight * r
@@ -285,7 +191,7 @@ class _BatchRenorm(_BatchNorm):
             y, mean, var, _ok = torch.ops.bnlab.bn_train(input, w_eff, b_eff, None, None, None, 0.0, self.eps,
                                                          False, "identity", 0.0)
             if update:
-                _script_track(rm, rv, nbt, mean, var, m, self.momentum, self.eps, self.nonfinite_guard)
+                script_track(rm, rv, nbt, mean, var, m, self.momentum, self.eps, self.nonfinite_guard)
             return y
         # no running statistics: plain Batch Normalization (r = 1, d = 0)
         return torch.ops.bnlab.bn_train(input, weight, bias, None, None, None, 0.0, self.eps, False,
