@@ -114,8 +114,8 @@ def beside_table(here: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str,
     for c in other.get("checks", []):
         if _key(c) not in seen:
             rows.append([str(c.get("statement")), *_cell(None), *_cell(c)])
-    caption = (f"This run beside another: {a} = {run_label(here)}; {b} = {run_label(other)}. "
-               "Paired difference treatment − baseline, mean [95% interval] over seeds.")
+    caption = (f"Columns '{a}': this run ({run_label(here)}). Columns '{b}': the run beside it "
+               f"({run_label(other)}). Paired difference treatment − baseline, mean [95% interval] over seeds.")
     return {"caption": caption, "header": ["check", f"{a}: estimate [95% interval]", f"{a}: outcome",
                                            f"{b}: estimate [95% interval]", f"{b}: outcome"],
             "rows": rows}
