@@ -264,7 +264,8 @@ def test_scripted_sync_batchnorm_in_a_process_group(kind, world, expect):
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith(expect) and lines[-1] == "eval ok", done.stdout
     if expect == "raised":
-        assert "RuntimeError: SyncBatchNorm in TorchScript cannot synchronize over a process group of 2 ranks" in lines[0]
+        assert "RuntimeError: SyncBatchNorm in TorchScript cannot synchronize over a process group of 2 ranks" \
+            in lines[0]
         assert "TorchScript cannot compile" in lines[0]
 
 

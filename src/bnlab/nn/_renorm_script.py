@@ -54,7 +54,7 @@ def script_mean_var(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def script_limits(step: Tensor, schedule: Tuple[float, float, int, int, int]) -> Tuple[Tensor, Tensor]:
-    """:meth:`bnlab.nn.renorm.RenormSchedule.limits` at a 0-d tensor ``step`` (traced and scripted code): float64 0-d tensors.
+    """:meth:`bnlab.nn.renorm.RenormSchedule.limits` at a 0-d tensor ``step``: float64 0-d tensors.
 
     r_max(t) = 1 + (r_max − 1)·ramp(t; warmup, r_max_steps),  d_max(t) = d_max·ramp(t; warmup, d_max_steps).
     """
@@ -66,7 +66,10 @@ def script_limits(step: Tensor, schedule: Tuple[float, float, int, int, int]) ->
 
 def script_correction(mean_b: Tensor, var_b: Tensor, running_mean: Tensor, running_var: Tensor, eps: float,
                        r_max: Tensor, d_max: Tensor) -> Tuple[Tensor, Tensor]:
-    """:func:`bnlab.functional.renorm_correction`: r = clip(σ_B/σ, 1/r_max, r_max), d = clip((μ_B − μ)/σ, ±d_max)."""
+    """:func:`bnlab.functional.renorm_correction`, float64 (C,) each.
+
+    r = clip(σ_B/σ, 1/r_max, r_max),  d = clip((μ_B − μ)/σ, −d_max, d_max).
+    """
     f64 = torch.float64
     sigma_b = torch.sqrt(var_b.to(f64) + eps)                        # σ_B  (C,)
     sigma = torch.sqrt(running_var.detach().to(f64) + eps)           # σ    (C,)
