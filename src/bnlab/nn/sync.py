@@ -215,7 +215,7 @@ class SyncBatchNorm(_BatchNorm):
                     "SyncBatchNorm in TorchScript cannot synchronize over a process group of " + str(ranks)
                     + " ranks: the statistics all-gather (forward) and the gradient all-reduce (backward, in the "
                     "Python autograd.Function SyncBatchNormFunction) call torch.distributed's Python "
-                    "collectives, which TorchScript cannot compile; train it in eager mode (DDP, torch.compile), "
+                    "collectives, which TorchScript cannot compile; train it in eager mode (e.g. under DDP), "
                     "script it in eval mode or without an initialized process group")
         rm = self.running_mean
         rv = self.running_var
