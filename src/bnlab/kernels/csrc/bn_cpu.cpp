@@ -104,7 +104,7 @@ void apply_pass(const Geometry& g, const scalar_t* x, scalar_t* y, const std::ve
   const Vec sl(static_cast<T>(slope));
   with_act(act, [&](auto A) {
     elementwise<scalar_t, 3>(g, x, nullptr, y, {mu.data(), sc.data(), be.data()},
-        [&](const Vec& xv, const Vec&, const Vec* p) {
+        [sl](const Vec& xv, const Vec&, const Vec* p) {
           return act_fwd<decltype(A)::value>((xv - p[0]) * p[1] + p[2], sl);
         });
   });
@@ -329,7 +329,7 @@ GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, co
   with_act(act, [&](auto A) {
     constexpr Act a_ = decltype(A)::value;
     reduce2<scalar_t, 4>(g, xy, dy, {mu.data(), sc.data(), be.data(), isc.data()},
-        [&](const Vec& xv, const Vec& dyv, const Vec* p, Vec& v1, Vec& v2) {
+        [sl, isl](const Vec& xv, const Vec& dyv, const Vec* p, Vec& v1, Vec& v2) {
           Vec u;
           v1 = grad_terms<a_, FromOutput>(xv, dyv, p, sl, isl, u);
           v2 = v1 * u;
@@ -350,7 +350,7 @@ void grad_input(const Geometry& g, const scalar_t* xy, const scalar_t* dy, scala
   with_act(act, [&](auto A) {
     constexpr Act a_ = decltype(A)::value;
     elementwise<scalar_t, 6>(g, xy, dy, dx, {mu.data(), sc.data(), be.data(), isc.data(), bb.data(), cc.data()},
-        [&](const Vec& xv, const Vec& dyv, const Vec* p) {
+        [sl, isl](const Vec& xv, const Vec& dyv, const Vec* p) {
           Vec u;
           const Vec dz = grad_terms<a_, FromOutput>(xv, dyv, p, sl, isl, u);
           return at::vec::fmadd(dz, p[1], at::vec::fmadd(u, p[4], p[5]));
@@ -369,7 +369,7 @@ void grad_input_const(const Geometry& g, const scalar_t* x, const scalar_t* dy, 
   with_act(act, [&](auto A) {
     constexpr Act a_ = decltype(A)::value;
     elementwise<scalar_t, 3>(g, x, dy, dx, {mu.data(), sc.data(), be.data()},
-        [&](const Vec& xv, const Vec& dyv, const Vec* p) {
+        [sl](const Vec& xv, const Vec& dyv, const Vec* p) {
           Vec z;
           if constexpr (a_ != Act::Identity) z = (xv - p[0]) * p[1] + p[2];
           return act_bwd<a_>(dyv, z, sl) * p[1];
