@@ -26,8 +26,8 @@ import torch
 
 from .._stats import broadcast_shape, channel_mean_var, compute_dtype, count_per_channel, merge_mean_m2, reduce_dims
 
-__all__ = ["sync_group", "group_size", "local_summary", "merge_summaries", "global_mean_var", "grad_sums",
-           "all_reduce_sum"]
+__all__ = ["sync_group", "resolve_group", "group_size", "local_summary", "merge_summaries", "global_mean_var",
+           "grad_sums", "all_reduce_sum"]
 
 
 def _dist():
@@ -53,7 +53,7 @@ def sync_group(process_group=None):
     return group if dist.get_world_size(group) > 1 else None
 
 
-def _resolve_group(name: str):
+def resolve_group(name: str):
     """The process group a scripted SyncBatchNorm names: ``""`` is the world, else a group's ``group_name``."""
     import torch.distributed as dist
 
@@ -69,24 +69,18 @@ def _resolve_group(name: str):
 def group_size(input: torch.Tensor, group_name: str) -> int:
     """Ranks a SyncBatchNorm forward would synchronize over: 1 when :func:`sync_group` gives ``None``.
 
-    The kernel of the operator ``bnlab::sync_group_size``, through which TorchScript code
-    (which cannot call ``torch.distributed``) asks the same question as eager code.
+    The kernel of the operator ``bnlab::sync_group_size`` (registered in :mod:`bnlab.nn.sync`),
+    through which TorchScript code (which cannot call ``torch.distributed``) asks the same
+    question as eager code; the input only selects the dispatch key.
     """
     if _dist() is None:
         return 1
-    group = sync_group(_resolve_group(group_name))
+    group = sync_group(resolve_group(group_name))
     if group is None:
         return 1
     import torch.distributed as dist
 
     return dist.get_world_size(group)
-
-
-# ``bnlab::sync_group_size(input, group_name) -> int``: the one distributed question scripted
-# SyncBatchNorm asks at run time (a Python kernel; the input only selects the dispatch key)
-_LIB = torch.library.Library("bnlab", "FRAGMENT")
-_LIB.define("sync_group_size(Tensor input, str group_name) -> int")
-_LIB.impl("sync_group_size", group_size, "CompositeExplicitAutograd")
 
 
 def local_summary(x: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,11 @@ from torch.autograd.function import once_differentiable
 from .. import functional as F
 from .. import kernels
 from .._stats import broadcast_shape, compute_dtype, stats_dtype
+from ..kernels import reference
 from . import _dist_stats as ds
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "convert_sync_batchnorm"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "sync_batch_norm_train", "convert_sync_batchnorm"]
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -84,6 +85,59 @@ class SyncBatchNormFunction(torch.autograd.Function):
                 dx = dy.to(cd).clone()
             dx = dx.to(dtype=x.dtype, memory_format=torch.preserve_format)
         return dx, dw, db, None, None, None, None, None
+
+
+def sync_batch_norm_train(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
+                          eps: float, guard: bool, update: bool, group):
+    """Alg. 1 over the batch made of every rank's shard (collective): returns ``(y, ok)``.
+
+    One all-gather of the shards' ``(m_r, μ_r, M2_r)`` gives the global μ_B, σ²_B over
+    ``m = Σ m_r`` values; :class:`SyncBatchNormFunction` normalizes (its backward
+    all-reduces Σdy, Σdy·x̂). With ``update`` the running statistics take the global μ_B
+    and unbiased ``m/(m−1)·σ²_B`` (identical on every rank), in place, guarded: ``ok``
+    (0-d bool) is False when the statistics were not finite and nothing changed.
+    Every rank of ``group`` must call it. Eager SyncBatchNorm and the operator
+    ``bnlab::sync_batch_norm_train`` (scripted SyncBatchNorm) both run it.
+    """
+    # dtype/device/size checks before any collective or state change; the "more than
+    # one value per channel" check concerns the global m (below), so check an empty view
+    F.check_input(input.narrow(0, 0, 0), running_mean, running_var, weight, bias, training=True)
+    m, mean, var = ds.global_mean_var(input, group)                  # collective; (C,) float64
+    if m == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got 1 over the process group "
+            f"(this rank's input size {tuple(input.shape)})"
+        )
+    sd = stats_dtype(input.dtype)
+    mean, var = mean.to(sd), var.to(sd)                              # as the local path's statistics
+    y = SyncBatchNormFunction.apply(input, weight, bias, mean, var, m, eps, group)
+    if not update:
+        return y, torch.ones((), dtype=torch.bool, device=input.device)
+    # running ← running + α·(statistic − running), the global m/(m−1)·σ²_B: bn_train's own update step
+    ok = reference.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, m, momentum, guard)
+    return y, ok
+
+
+def _sync_batch_norm_train_op(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
+                              eps, guard, update, group_name):
+    """Kernel of ``bnlab::sync_batch_norm_train``: the group by name, then :func:`sync_batch_norm_train`."""
+    group = ds.sync_group(ds.resolve_group(group_name))
+    if group is None:
+        raise RuntimeError("bnlab::sync_batch_norm_train: no process group of more than one rank to synchronize over")
+    return sync_batch_norm_train(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
+                                 eps, guard, update, group)[0]
+
+
+# The two questions scripted SyncBatchNorm asks the Python side, as operators TorchScript can call
+# and save: how many ranks would this step synchronize over, and the synchronized step itself
+# (a Python kernel above autograd: the autograd.Function and the collectives run as in eager mode).
+_LIB = torch.library.Library("bnlab", "FRAGMENT")
+_LIB.define("sync_group_size(Tensor input, str group_name) -> int")
+_LIB.impl("sync_group_size", ds.group_size, "CompositeExplicitAutograd")
+_LIB.define("sync_batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+            "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, float eps, bool guard, "
+            "bool update, str group_name) -> Tensor")
+_LIB.impl("sync_batch_norm_train", _sync_batch_norm_train_op, "CompositeImplicitAutograd")
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -195,30 +249,27 @@ class SyncBatchNorm(_BatchNorm):
         return self
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
-        """TorchScript's forward: bnlab's BatchNorm, unless the step would synchronize, which raises.
+        """TorchScript's forward: the eager policy, synchronized or local.
 
         As in eager mode, a training step with batch statistics synchronizes only when
         ``torch.distributed`` is initialized and the group has more than one rank (asked at
-        run time through ``bnlab::sync_group_size``); otherwise it is the local Alg. 1 / Alg. 2
-        with the same operators as ``_BatchNorm._scripted_forward`` (repeated here:
-        TorchScript has no ``super()``), running statistics included.
+        run time, ``bnlab::sync_group_size``); it then runs as the operator
+        ``bnlab::sync_batch_norm_train`` (the eager collective step, a Python kernel: the
+        scripted model needs Python and ``import bnlab``, as it does for every bnlab operator).
+        Otherwise it is the local Alg. 1 / Alg. 2 with the operators of
+        ``_BatchNorm._scripted_forward`` (repeated here: TorchScript has no ``super()``).
         """
         if input.dim() < 2:
             raise ValueError("expected at least 2D input")
         use_batch, update = self._scripted_policy()
         if not use_batch:
             return self._scripted_eval(input)
-        if self.training:
-            ranks = torch.ops.bnlab.sync_group_size(input, self._script_group)
-            if ranks > 1:
-                raise RuntimeError(
-                    "SyncBatchNorm in TorchScript cannot synchronize over a process group of " + str(ranks)
-                    + " ranks: the statistics all-gather (forward) and the gradient all-reduce (backward, in the "
-                    "Python autograd.Function SyncBatchNormFunction) call torch.distributed's Python "
-                    "collectives, which TorchScript cannot compile; train it in eager mode (e.g. under DDP), "
-                    "script it in eval mode or without an initialized process group")
         rm = self.running_mean
         rv = self.running_var
+        if self.training and torch.ops.bnlab.sync_group_size(input, self._script_group) > 1:
+            return torch.ops.bnlab.sync_batch_norm_train(input, self.weight, self.bias, rm, rv,
+                                                         self.num_batches_tracked, self.momentum, self.eps,
+                                                         self.nonfinite_guard, update, self._script_group)
         if update and rm is not None:
             return torch.ops.bnlab.bn_train(input, self.weight, self.bias, rm, rv, self.num_batches_tracked,
                                             self.momentum, self.eps, self.nonfinite_guard, "identity", 0.0)[0]
@@ -230,21 +281,10 @@ class SyncBatchNorm(_BatchNorm):
         group = self._sync_group()
         if group is None:
             return super()._forward_impl(input)                      # local Alg. 1 / Alg. 2
-        # dtype/device/size checks before any collective or state change; the "more than
-        # one value per channel" check concerns the global m (below), so check an empty view
-        F.check_input(input.narrow(0, 0, 0), self.running_mean, self.running_var, self.weight, self.bias,
-                      training=True)
-        m, mean, var = ds.global_mean_var(input, group)              # collective; (C,) float64
-        if m == 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got 1 over the process group "
-                f"(this rank's input size {tuple(input.shape)})"
-            )
-        sd = stats_dtype(input.dtype)
-        mean, var = mean.to(sd), var.to(sd)                          # as the local path's statistics
-        y = SyncBatchNormFunction.apply(input, self.weight, self.bias, mean, var, m, self.eps, group)
-        if self._updates_running_stats():
-            self._track(mean, var, m)                                # global m/(m−1)·σ²_B, same on all ranks
+        y, ok = sync_batch_norm_train(input, self.weight, self.bias, self.running_mean, self.running_var,
+                                      self.num_batches_tracked, self.momentum, self.eps, self.nonfinite_guard,
+                                      self._updates_running_stats(), group)
+        self._note_guard(ok)
         return y
 
     @classmethod
