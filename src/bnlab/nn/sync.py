@@ -281,6 +281,13 @@ class SyncBatchNorm(_BatchNorm):
         group = self._sync_group()
         if group is None:
             return super()._forward_impl(input)                      # local Alg. 1 / Alg. 2
+        if torch.jit.is_tracing():
+            # torch.jit.trace records operators, not torch.distributed's Python collectives: the
+            # synchronized step goes in as one operator, which runs them whenever the trace runs
+            return torch.ops.bnlab.sync_batch_norm_train(
+                input, self.weight, self.bias, self.running_mean, self.running_var, self.num_batches_tracked,
+                self.momentum, self.eps, self.nonfinite_guard, self._updates_running_stats(),
+                "" if self.process_group is None else str(self.process_group.group_name))
         y, ok = sync_batch_norm_train(input, self.weight, self.bias, self.running_mean, self.running_var,
                                       self.num_batches_tracked, self.momentum, self.eps, self.nonfinite_guard,
                                       self._updates_running_stats(), group)
