@@ -114,9 +114,9 @@ class BatchSize(Experiment):
     source = "Wu & He (2018) Fig. 1 / Table 3; Ioffe (2017); Hoffer, Hubara & Soudry (2017)"
     config_cls = BatchSizeConfig
     presets = PRESETS
-    # predicted from timed short runs of the full config (1 thread, 2-core machine at load ~4, where a step
-    # took twice as long as in the timed runs), 2026-12-01; replaced by the measured duration of the full run
-    expected_s = {"full": 300}
+    # measured: run + control of the full run of 2026-12-01 (commit 53796ef, docs/results/full), 1 thread,
+    # 1 job, on a shared 2-core machine at load 2.3-4 (the process got ~80% of a core)
+    expected_s = {"full": 226}
     preset_changes = {"full": ("Changed before the first full-scale run, to fit `bnlab reproduce --preset full` (all ten experiments with their controls) in ~85 min on one CPU core of a shared machine (a first attempt at larger sizes ran at half the timed speed under load ~4 and was stopped after 2 min, inside fig1, before any result), from timed short runs; no full-scale result had been seen: the full preset was 2 epochs of 20,000 images at batch sizes 2, 4, 8, 16, 32 with a 16/32/64-channel CNN (hidden 128, 100 recalibration batches); it is now 1 epoch of 4,000 images at batch sizes 2, 8, 32 (and 128 for BN and Ghost BN) with the quick preset's 4/8/16-channel CNN (hidden 32), GroupNorm and Batch Renorm at batch 2 (no LayerNorm), 30 recalibration batches.",)}
     parts = {"small": "small batches hurt BN, not GroupNorm/LayerNorm; Batch Renorm helps (Wu & He; Ioffe)",
              "ghost": "Ghost BN beats BN at a large batch (Hoffer et al.)"}

@@ -134,9 +134,9 @@ class Fig1(Experiment):
     source = "Ioffe & Szegedy (2015), Section 4.1, Figure 1"
     config_cls = Fig1Config
     presets = PRESETS
-    # predicted from timed short runs of the full config (1 thread, 2-core machine at load ~4, where a step
-    # took twice as long as in the timed runs), 2026-12-01; replaced by the measured duration of the full run
-    expected_s = {"full": 1400}
+    # measured: run + control of the full run of 2026-12-01 (commit 53796ef, docs/results/full), 1 thread,
+    # 1 job, on a shared 2-core machine at load 2.3-4 (the process got ~80% of a core)
+    expected_s = {"full": 641}
     preset_changes = {"full": ("Changed before the first full-scale run, to fit `bnlab reproduce --preset full` (all ten experiments with their controls) in ~85 min on one CPU core of a shared machine (a first attempt at larger sizes ran at half the timed speed under load ~4 and was stopped after 2 min, inside fig1, before any result), from timed short runs; no full-scale result had been seen: the full preset had 2 sensitivity pairs (4 more arms × 3 seeds × 50,000 steps) and evaluated every 1,000 steps; it now has the headline arms only (the sensitivity table is the quick preset's) and evaluates and probes every 2,500 steps.",)}
     parts = {"accuracy": "higher test accuracy, reached faster",
              "stability": "stable sigmoid-input distributions"}

@@ -132,9 +132,9 @@ class Ics(Experiment):
     source = "Ioffe & Szegedy (2015) Sec. 1–2; Santurkar et al. (2018) Sec. 2.1–2.2, Figures 2–3"
     config_cls = IcsConfig
     presets = PRESETS
-    # predicted from timed short runs of the full config (1 thread, 2-core machine at load ~4, where a step
-    # took twice as long as in the timed runs), 2026-12-01; replaced by the measured duration of the full run
-    expected_s = {"full": 280}
+    # measured: run + control of the full run of 2026-12-01 (commit 53796ef, docs/results/full), 1 thread,
+    # 1 job, on a shared 2-core machine at load 2.3-4 (the process got ~80% of a core)
+    expected_s = {"full": 169}
 
     preset_changes = {"full": ("Changed before the first full-scale run, to fit `bnlab reproduce --preset full` (all ten experiments with their controls) in ~85 min on one CPU core of a shared machine (a first attempt at larger sizes ran at half the timed speed under load ~4 and was stopped after 2 min, inside fig1, before any result), from timed short runs; no full-scale result had been seen: the full preset was 4,000 steps of a 16/32-channel CNN (hidden 128) at batch 64, measured every 200 steps; it is now the quick preset's protocol (400 steps of the 8/16-channel CNN, hidden 64, batch 32, measured every 100 steps) on all of Fashion-MNIST.",)}
 
