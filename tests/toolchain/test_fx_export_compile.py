@@ -49,13 +49,32 @@ def test_fx_symbolic_trace(kind, train):
     _step_matches(kind, train, trace)
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("kind", ["sync", "frozen"])
-def test_fx_trace_of_a_bare_layer_says_what_to_do(kind):
-    """Layers without a bare-layer graph form say what to do (BN, Ghost BN: tests/nn/test_fx_root.py;
-    Batch Renorm: below). SyncBatchNorm decides at run time whether to synchronize, which a graph of
-    resolved configuration cannot hold."""
-    with pytest.raises(TypeError, match="trace a model that contains it"):
-        torch.fx.symbolic_trace(make_layer(kind, 4))
+def test_fx_trace_of_a_bare_sync_or_frozen_layer(kind, train):
+    """symbolic_trace(layer) of a bare SyncBatchNorm (no process group here: local BN; over two ranks see
+    test_torchscript.py::test_scripted_sync_batchnorm_trains_over_two_ranks) or FrozenBatchNorm: one bnlab
+    node; over three steps outputs, gradients and buffers equal the eager layer's, float64, bit for bit."""
+    from bnlab.nn.frozen import graph_frozen_batch_norm
+    from bnlab.nn.sync import graph_sync_batch_norm
+
+    eager = randomize(make_layer(kind, 3).to(torch.float64)).train(train)
+    gm = torch.fx.symbolic_trace(copy.deepcopy(eager))
+    fn = {"sync": graph_sync_batch_norm, "frozen": graph_frozen_batch_norm}[kind]
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [fn]
+    g = torch.Generator().manual_seed(5)
+    for t in range(3):
+        x = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64) * (1 + t) + t
+        dy = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64)
+        outs = []
+        for m in (eager, gm):
+            xi = x.clone().requires_grad_(True)
+            y = m(xi)
+            outs.append(torch.autograd.grad(y, [xi, *m.parameters()], dy) + (y.detach(),))
+        for u, v in zip(*outs):
+            torch.testing.assert_close(v, u, rtol=0, atol=0)
+        for k, v in eager.state_dict().items():
+            torch.testing.assert_close(gm.state_dict()[k], v, rtol=0, atol=0, msg=k)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])

@@ -217,7 +217,7 @@ def test_scripted_sync_batchnorm_trains_as_batchnorm_without_process_group():
 
 SYNC_TWO_RANKS = textwrap.dedent("""
     import copy, datetime, io, sys
-    import torch, torch.distributed as dist
+    import torch, torch.distributed as dist, torch.fx
     import bnlab
 
     rank, world, init = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -241,6 +241,7 @@ SYNC_TWO_RANKS = textwrap.dedent("""
     traced_twin = copy.deepcopy(eager)
     traced = torch.jit.trace(traced_twin, torch.randn(sizes[rank], 3, 2, 2, dtype=f64), check_trace=False)
     traced_twin.load_state_dict(eager.state_dict())  # tracing ran one (synchronized) step: start again
+    graph = torch.fx.symbolic_trace(copy.deepcopy(eager))   # a bare-layer fx graph (its own tensors)
 
     def step(m, x, dy):
         xi = x.clone().requires_grad_(True)
@@ -262,14 +263,15 @@ SYNC_TWO_RANKS = textwrap.dedent("""
             torch.jit.save(scripted, buf)
             buf.seek(0)
             model = torch.jit.load(buf)
-        (ye, dxe, ge), (ys, dxs, gs), (yt, dxt, gt) = step(eager, x, dy), step(model, x, dy), step(traced, x, dy)
-        for y_, dx_, g_ in ((ys, dxs, gs), (yt, dxt, gt)):
+        (ye, dxe, ge), (ys, dxs, gs) = step(eager, x, dy), step(model, x, dy)
+        for y_, dx_, g_ in ((ys, dxs, gs), step(traced, x, dy), step(graph, x, dy)):
             same(y_, ye)
             same(dx_, dxe)
             for u, v in zip(ge, g_):
                 same(v, u)
         for k, v in eager.state_dict().items():
             same(traced_twin.state_dict()[k], v)
+            same(graph.state_dict()[k], v)
         y1, dx1, g1 = step(one, torch.cat(xs), torch.cat(dys))
         same(ys, y1[lo:lo + sizes[rank]], **tol)
         same(dxs, dx1[lo:lo + sizes[rank]], **tol)
@@ -288,9 +290,10 @@ SYNC_TWO_RANKS = textwrap.dedent("""
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_scripted_sync_batchnorm_trains_over_two_ranks(tmp_path):
-    """2 ranks (gloo): the scripted and the traced SyncBatchNorm's training steps equal the eager one bit
-    for bit (outputs, input and parameter gradients, running statistics, over four steps, the scripted
-    one's last on a jit.save/jit.load copy), and all equal one-process BN on the concatenated batch."""
+    """2 ranks (gloo): the scripted, the traced (jit.trace) and the bare-layer fx SyncBatchNorm's training
+    steps equal the eager one bit for bit (outputs, input and parameter gradients, running statistics, over
+    four steps, the scripted one's last on a jit.save/jit.load copy), and all equal one-process BN on the
+    concatenated batch."""
     init = "file://" + str(tmp_path / "pg_init")
     procs = [subprocess.Popen([sys.executable, "-c", SYNC_TWO_RANKS, str(r), "2", init], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env()) for r in range(2)]

@@ -18,7 +18,20 @@ from .. import functional as F
 from . import batchnorm as _bn
 from .batchnorm import _BatchNorm, _Input1d, _Input2d, _Input3d
 
-__all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "freeze_batchnorm"]
+__all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "freeze_batchnorm",
+           "graph_frozen_batch_norm"]
+
+
+def graph_frozen_batch_norm(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                            ranks: tuple, eps: float) -> Tensor:
+    """A frozen layer's forward as a function of its tensors: the checks, then Alg. 2 (any mode).
+
+    What ``torch.fx.symbolic_trace`` of a bare layer records (see ``batchnorm._fx_root_forward``).
+    ``num_batches_tracked`` is unused; passing it keeps it in the GraphModule's state_dict.
+    """
+    _bn._dim_error(input, ranks)
+    F.check_input(input, running_mean, running_var, weight, bias, training=False, eps=eps)
+    return F.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
 
 
 class _FrozenBatchNorm(nn.Module):
@@ -74,8 +87,16 @@ class _FrozenBatchNorm(nn.Module):
         if torch.jit.is_scripting():
             return torch.ops.bnlab.bn_eval(input, self.running_mean, self.running_var, self.weight, self.bias,
                                            self.eps, "identity", 0.0)
-        _bn._check_not_fx_root(self, input)
+        if _bn._is_fx_root(self, input):
+            return _bn._fx_root_forward(self, input)
         return _bn._forward(self, input)                             # one torch.fx node (see batchnorm)
+
+    def _fx_graph_call(self):
+        """``(graph_frozen_batch_norm, args after the input)``: the graph of a bare-layer ``torch.fx`` trace."""
+        if type(self)._forward_impl is not _FrozenBatchNorm._forward_impl or not hasattr(self, "_ranks"):
+            return None
+        return graph_frozen_batch_norm, (self.weight, self.bias, self.running_mean, self.running_var,
+                                         self.num_batches_tracked, self._ranks, self.eps)
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

@@ -18,7 +18,8 @@ from ..kernels import reference
 from . import _dist_stats as ds
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "sync_batch_norm_train", "convert_sync_batchnorm"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "sync_batch_norm_train", "graph_sync_batch_norm",
+           "convert_sync_batchnorm"]
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -140,6 +141,42 @@ _LIB.define("sync_batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, T
 _LIB.impl("sync_batch_norm_train", _sync_batch_norm_train_op, "CompositeImplicitAutograd")
 
 
+def _check_sync_input(input) -> None:
+    """SyncBatchNorm's input check: a tensor (N, C, *), at least 2D, C > 0."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
+    if input.dim() < 2:
+        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    if input.shape[1] == 0:
+        raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+
+
+def graph_sync_batch_norm(input: Tensor, weight, bias, running_mean, running_var, num_batches_tracked,
+                          use_batch: bool, update: bool, momentum, eps: float, guard: bool, training: bool,
+                          group_name: str) -> Tensor:
+    """A SyncBatchNorm layer's forward as a function of its tensors and resolved configuration.
+
+    What ``torch.fx.symbolic_trace`` of a bare layer records (see ``batchnorm._fx_root_forward``):
+    mode and policy resolved at trace time, as for torch's BatchNorm; whether to synchronize
+    decided when the graph runs, as the layer does (a process group of more than one rank,
+    named by ``group_name``, ``""`` for the world), then :func:`sync_batch_norm_train`; else
+    the local Alg. 1 / Alg. 2. The guard acts; a graph cannot count in ``skipped_batches``.
+    """
+    _check_sync_input(input)
+    if training and use_batch:
+        group = ds.sync_group(ds.resolve_group(group_name))
+        if group is not None:
+            return sync_batch_norm_train(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                                         momentum, eps, guard, update, group)[0]
+    F.check_input(input, running_mean, running_var, weight, bias, training=use_batch, eps=eps)
+    if not use_batch:
+        return F.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    if not update:
+        return F.batch_norm_train(input, weight, bias, eps)[0]
+    return F.batch_norm_train_tracked(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                                      momentum, eps, guard)[0]
+
+
 class SyncBatchNorm(_BatchNorm):
     r"""Batch Normalization synchronized over the ranks of a process group (Ioffe & Szegedy, 2015).
 
@@ -229,12 +266,21 @@ class SyncBatchNorm(_BatchNorm):
         super().__setstate__(state)
 
     def _check_input_dim(self, input: Tensor) -> None:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-        if input.shape[1] == 0:
-            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+        _check_sync_input(input)
+
+    def _group_name(self) -> str:
+        """The process group by name: ``""`` for the world (``process_group=None``)."""
+        group = getattr(self, "process_group", None)
+        return "" if group is None else str(group.group_name)
+
+    def _fx_graph_call(self):
+        """``(graph_sync_batch_norm, args after the input)``: the graph of a bare-layer ``torch.fx`` trace."""
+        if type(self)._forward_impl is not SyncBatchNorm._forward_impl:
+            return None
+        w, b, rm, rv, nbt = self._fx_state()
+        return graph_sync_batch_norm, (w, b, rm, rv, nbt, self._batch_stats_policy(rm, rv),
+                                       self._updates_running_stats(), self.momentum, self.eps, self.nonfinite_guard,
+                                       self.training, self._group_name())
 
     def _sync_group(self):
         """The group to synchronize over for this forward, or ``None`` (local BN)."""
@@ -244,8 +290,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script``: the process group by name (a string TorchScript can hold and save)."""
-        group = getattr(self, "process_group", None)
-        self._script_group = "" if group is None else str(group.group_name)
+        self._script_group = self._group_name()
         return self
 
     def _scripted_forward(self, input: Tensor) -> Tensor:
@@ -286,8 +331,7 @@ class SyncBatchNorm(_BatchNorm):
             # synchronized step goes in as one operator, which runs them whenever the trace runs
             return torch.ops.bnlab.sync_batch_norm_train(
                 input, self.weight, self.bias, self.running_mean, self.running_var, self.num_batches_tracked,
-                self.momentum, self.eps, self.nonfinite_guard, self._updates_running_stats(),
-                "" if self.process_group is None else str(self.process_group.group_name))
+                self.momentum, self.eps, self.nonfinite_guard, self._updates_running_stats(), self._group_name())
         y, ok = sync_batch_norm_train(input, self.weight, self.bias, self.running_mean, self.running_var,
                                       self.num_batches_tracked, self.momentum, self.eps, self.nonfinite_guard,
                                       self._updates_running_stats(), group)
