@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)                # tensor types without a __torch_function__ override
 
 
@@ -39,8 +40,8 @@ def is_concrete(*tensors) -> bool:
     would branch on a tensor's value (the non-finite guard, Batch Renorm's schedule) takes
     a branch-free path then.
     """
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or _get_current_dispatch_mode() is not None
+    # torch.jit.is_tracing() and _get_current_dispatch_mode() is not None, as their C calls (per call cost)
+    if (torch.compiler.is_compiling() or torch._C._is_tracing() or torch._C._len_torch_dispatch_stack() > 0
             or torch._C._are_functorch_transforms_active()):
         return False
     for t in tensors:
@@ -71,6 +72,20 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     ``RuntimeError`` and ``ValueError``). ``eps`` is checked as PyTorch checks it, at
     the call: positive in training, non-negative in evaluation.
     """
+    if (type(input) is torch.Tensor and eps is not None and _fwAD._current_level < 0
+            and (running_mean is None) == (running_var is None) and (running_mean is not None or training)):
+        # the common case in one pass: a plain floating input (N, C, *) with enough values per
+        # channel, every tensor given with C elements, the input's dtype and device, eps valid
+        shape = input.shape
+        if len(shape) >= 2 and input.dtype in _FLOATING:
+            c, dt, cpu = shape[1], input.dtype, input.is_cpu
+            for t in (running_mean, running_var, weight, bias):
+                if t is not None and (type(t) not in _PLAIN or t.dtype is not dt or t.numel() != c
+                                      or t.is_cpu is not cpu or (not cpu and t.device != input.device)):
+                    break
+            else:
+                if (eps > 0.0 and input.numel() >= 2 * c) if training else eps >= 0.0:
+                    return
     if not isinstance(input, torch.Tensor):
         raise BatchNormInputTypeError(f"batch_norm: input must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():

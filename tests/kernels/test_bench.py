@@ -54,7 +54,7 @@ def test_writes_every_file_and_section(tiny_run):
 def test_layer_rows_are_consistent(tiny_run):
     _, res = tiny_run
     shapes = bench.parse_shapes(bench.PRESETS["tiny"].shapes)
-    for key in ("layers", "fixed_malloc"):
+    for key in ("layers", "fixed_malloc", "thp_alloc"):
         rows = res["sections"][key]["rows"]
         assert [r["label"] for r in rows] == [shape_label(s, cl) for s, cl in shapes]
         for r, (shape, _) in zip(rows, shapes):
@@ -68,6 +68,7 @@ def test_layer_rows_are_consistent(tiny_run):
                 assert sp["p25"] <= sp["median"] <= sp["p75"]
                 assert r[mode]["copy_gbps"] > 0
     assert res["sections"]["fixed_malloc"]["env"]["MALLOC_MMAP_THRESHOLD_"] == bench.PRESETS["tiny"].mmap_threshold
+    assert res["sections"]["thp_alloc"]["env"]["THP_MEM_ALLOC_ENABLE"] == 1
 
 
 def test_other_sections(tiny_run):
@@ -114,6 +115,8 @@ def test_busy_verdict_names_its_reason():
 def test_child_env_fixes_the_allocator():
     env = alloc.child_env(1 << 20)
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20) and int(env["MALLOC_TRIM_THRESHOLD_"]) > 1 << 30
+    assert alloc.thp_env()["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert alloc.thp_mode() in ("always", "madvise", "never", "unknown")
 
 
 @pytest.mark.parametrize("argv,message", [

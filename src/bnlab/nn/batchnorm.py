@@ -168,7 +168,7 @@ class _BatchNorm(_TorchBatchNorm):
         return self.training or (rm is None and rv is None)
 
     def _updates_running_stats(self) -> bool:
-        if self.running_mean is None:
+        if self._buffers.get("running_mean") is None:
             return False
         if self.update_running_stats is not None:
             return bool(self.update_running_stats)
@@ -226,7 +226,7 @@ class _BatchNorm(_TorchBatchNorm):
         Reads ``ok`` only in plain eager mode on real tensors; in traced code the guard
         still acts (inside the operator) but cannot be counted.
         """
-        if not self.nonfinite_guard or not F.is_concrete(ok) or bool(ok):
+        if not self.nonfinite_guard or not F.is_concrete(ok) or ok.item():
             return
         self._count_skipped(stacklevel=5)
 

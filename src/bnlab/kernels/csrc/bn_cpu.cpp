@@ -12,6 +12,8 @@
 //   eval      one read+write pass (Alg. 2)
 #include <torch/library.h>
 
+#include <c10/util/SmallVector.h>
+
 #include "bn_alloc.h"
 #include "bn_common.h"
 
@@ -20,6 +22,12 @@ namespace bnlab {
 using std::optional;
 
 namespace {
+
+// (C,) vectors of per-channel values: on the stack up to 64 channels (a tiny call
+// otherwise spends more time in malloc than in its kernels)
+template <typename T>
+using SVec = c10::SmallVector<T, 64>;
+using DVec = SVec<double>;
 
 at::ScalarType stats_type(const Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -33,8 +41,8 @@ void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
 bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
 // a (C,) tensor of any floating dtype (or ``fill`` when absent) as double
-std::vector<double> read_vec(const optional<Tensor>& t, int64_t c, double fill) {
-  std::vector<double> out(c, fill);
+DVec read_vec(const optional<Tensor>& t, int64_t c, double fill) {
+  DVec out(c, fill);
   if (!has(t)) return out;
   const Tensor& v = *t;
   const int64_t st = v.dim() ? v.stride(0) : 0;
@@ -45,7 +53,7 @@ std::vector<double> read_vec(const optional<Tensor>& t, int64_t c, double fill) 
   return out;
 }
 
-Tensor make_vec(const Tensor& like, at::ScalarType dt, const std::vector<double>& vals) {
+Tensor make_vec(const Tensor& like, at::ScalarType dt, const DVec& vals) {
   Tensor t = at::empty({static_cast<int64_t>(vals.size())}, like.options().dtype(dt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "bnlab_make_vec", [&] {
     scalar_t* p = t.data_ptr<scalar_t>();
@@ -55,8 +63,8 @@ Tensor make_vec(const Tensor& like, at::ScalarType dt, const std::vector<double>
 }
 
 // σ⁻¹ = 1/sqrt(var + ε) as the reference computes it (in the statistics dtype)
-std::vector<double> invstd_from_var(const Tensor& var_t, double eps, int64_t c, bool f64) {
-  std::vector<double> v = read_vec(var_t, c, 1.0);
+DVec invstd_from_var(const Tensor& var_t, double eps, int64_t c, bool f64) {
+  DVec v = read_vec(var_t, c, 1.0);
   for (auto& e : v) {
     e = f64 ? 1.0 / std::sqrt(e + eps) : static_cast<double>(1.0f / std::sqrt(static_cast<float>(e) + static_cast<float>(eps)));
   }
@@ -64,22 +72,22 @@ std::vector<double> invstd_from_var(const Tensor& var_t, double eps, int64_t c, 
 }
 
 template <typename T>
-std::vector<T> cast(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
+SVec<T> cast(const DVec& v) {
+  return SVec<T>(v.begin(), v.end());
 }
 
 // ----------------------------------------------------------------------------- statistics
 template <typename scalar_t>
-void channel_stats(const Geometry& g, const scalar_t* x, std::vector<double>& mean, std::vector<double>& var) {
+void channel_stats(const Geometry& g, const scalar_t* x, DVec& mean, DVec& var) {
   using T = opmath_t<scalar_t>;
   using Vec = VecOf<scalar_t>;
   const int64_t C = g.c, m = g.count();
   mean.assign(C, std::nan(""));
   var.assign(C, std::nan(""));
   if (m == 0) return;
-  std::vector<T> shift(C);
+  SVec<T> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<T>(g.cl ? x[c] : x[c * g.s]);
-  std::vector<double> s1(C), s2(C);
+  DVec s1(C), s2(C);
   reduce2<scalar_t, 1>(g, x, nullptr, {shift.data()},
       [](const Vec& xv, const Vec&, const Vec* p, Vec& v1, Vec& v2) {
         Vec d = xv - p[0];
@@ -96,8 +104,8 @@ void channel_stats(const Geometry& g, const scalar_t* x, std::vector<double>& me
 
 // y = g((x − mean)·scale + beta)
 template <typename scalar_t>
-void apply_pass(const Geometry& g, const scalar_t* x, scalar_t* y, const std::vector<double>& mean,
-                const std::vector<double>& scale, const std::vector<double>& beta, Act act, double slope) {
+void apply_pass(const Geometry& g, const scalar_t* x, scalar_t* y, const DVec& mean,
+                const DVec& scale, const DVec& beta, Act act, double slope) {
   using T = opmath_t<scalar_t>;
   using Vec = VecOf<scalar_t>;
   auto mu = cast<T>(mean), sc = cast<T>(scale), be = cast<T>(beta);
@@ -111,10 +119,10 @@ void apply_pass(const Geometry& g, const scalar_t* x, scalar_t* y, const std::ve
 }
 
 struct Affine {
-  std::vector<double> scale, beta;  // γ·invstd, β
+  DVec scale, beta;  // γ·invstd, β
 };
 
-Affine affine(const std::vector<double>& invstd, const optional<Tensor>& w, const optional<Tensor>& b) {
+Affine affine(const DVec& invstd, const optional<Tensor>& w, const optional<Tensor>& b) {
   const int64_t C = invstd.size();
   Affine a{read_vec(w, C, 1.0), read_vec(b, C, 0.0)};
   for (int64_t c = 0; c < C; ++c) a.scale[c] *= invstd[c];
@@ -134,7 +142,7 @@ Tensor output_for(const Tensor& x, const Tensor& xd, Tensor& target) {
 }
 
 // running ← running + f·(stat − running), in double, cast once to the buffer's dtype
-void ema(Tensor& buf, const std::vector<double>& stat, double f) {
+void ema(Tensor& buf, const DVec& stat, double f) {
   const int64_t st = buf.stride(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "bnlab_ema", [&] {
     scalar_t* p = buf.data_ptr<scalar_t>();
@@ -147,7 +155,7 @@ void ema(Tensor& buf, const std::vector<double>& stat, double f) {
 
 // the non-finite guard and the running-statistics step of Alg. 2; returns ok
 bool update_running(const optional<Tensor>& rm_, const optional<Tensor>& rv_, const optional<Tensor>& nbt_,
-                    const std::vector<double>& mean, const std::vector<double>& var, int64_t m,
+                    const DVec& mean, const DVec& var, int64_t m,
                     optional<double> momentum, bool guard) {
   bool ok = true;
   if (guard && m > 0) {
@@ -172,7 +180,7 @@ bool update_running(const optional<Tensor>& rm_, const optional<Tensor>& rv_, co
     TORCH_CHECK(has(nbt_), "bnlab: momentum=None (cumulative average) needs num_batches_tracked");
     f = 1.0 / static_cast<double>(std::max<int64_t>(count, 1));
   }
-  std::vector<double> unbiased(var);
+  DVec unbiased(var);
   if (m > 1) for (auto& v : unbiased) v *= static_cast<double>(m) / (m - 1);
   Tensor rm = *rm_, rv = *rv_;
   ema(rm, mean, f);
@@ -186,7 +194,7 @@ bool update_running(const optional<Tensor>& rm_, const optional<Tensor>& rv_, co
 std::tuple<Tensor, Tensor> bn_stats_cpu(const Tensor& x) {
   Geometry g;
   Tensor xd = dense_input(x, g);
-  std::vector<double> mean, var;
+  DVec mean, var;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_stats", [&] {
     channel_stats<scalar_t>(g, xd.const_data_ptr<scalar_t>(), mean, var);
   });
@@ -198,7 +206,7 @@ static std::tuple<Tensor, Tensor, Tensor> train_into(
     const Tensor& xd, const Geometry& g, Tensor& target, const Tensor& x, const optional<Tensor>& w,
     const optional<Tensor>& b, const optional<Tensor>& rm, const optional<Tensor>& rv,
     const optional<Tensor>& nbt, optional<double> momentum, double eps, bool guard, Act act, double slope) {
-  std::vector<double> mean, var;
+  DVec mean, var;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_train", [&] {
     channel_stats<scalar_t>(g, xd.const_data_ptr<scalar_t>(), mean, var);
   });
@@ -206,8 +214,8 @@ static std::tuple<Tensor, Tensor, Tensor> train_into(
   // the statistics as returned (rounded to the statistics dtype) normalize, as in the reference
   Tensor mean_t = make_vec(x, sd, mean), var_t = make_vec(x, sd, var);
   const bool ok = update_running(rm, rv, nbt, mean, var, g.count(), momentum, guard);
-  std::vector<double> mean_r = read_vec(mean_t, g.c, 0), invstd(g.c);
-  std::vector<double> var_r = read_vec(var_t, g.c, 0);
+  DVec mean_r = read_vec(mean_t, g.c, 0), invstd(g.c);
+  DVec var_r = read_vec(var_t, g.c, 0);
   for (int64_t c = 0; c < g.c; ++c) invstd[c] = 1.0 / std::sqrt(var_r[c] + eps);
   Affine a = affine(invstd, w, b);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_train_apply", [&] {
@@ -264,7 +272,7 @@ Tensor bn_apply_cpu(const Tensor& x, const Tensor& mean, const Tensor& invstd, c
   check_vec(b, g.c, "bias");
   Tensor y = output_for(x, xd, target);
   Affine a = affine(read_vec(invstd, g.c, 1.0), w, b);
-  std::vector<double> mu = read_vec(mean, g.c, 0.0);
+  DVec mu = read_vec(mean, g.c, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_apply", [&] {
     apply_pass<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mu, a.scale, a.beta, parse_act(act), slope);
   });
@@ -279,7 +287,7 @@ Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const op
   check_vec(rm, C, "running_mean");
   check_vec(rv, C, "running_var");
   // statistics rounded to the statistics dtype, invstd computed in it, as the reference does
-  std::vector<double> mean = read_vec(rm, C, 0.0), invstd = invstd_from_var(rv, eps, C, x.scalar_type() == at::kDouble);
+  DVec mean = read_vec(rm, C, 0.0), invstd = invstd_from_var(rv, eps, C, x.scalar_type() == at::kDouble);
   if (x.scalar_type() != at::kDouble) for (auto& v : mean) v = static_cast<float>(v);
   Geometry g;
   Tensor xd = dense_input(x, g), target;
@@ -298,7 +306,7 @@ Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const op
 namespace {
 
 struct GradSums {
-  std::vector<double> dz, dz_u;  // Σ dz and Σ dz·u per channel (u = x − μ, or x̂/invstd from y)
+  DVec dz, dz_u;  // Σ dz and Σ dz·u per channel (u = x − μ, or x̂/invstd from y)
 };
 
 // dz = dy·g'(z) and u, from the input (u = x − μ, z = u·scale + β) or, FromOutput, from
@@ -318,12 +326,12 @@ inline Vec grad_terms(const Vec& xv, const Vec& dyv, const Vec* p, const Vec& sl
 
 // Σ dz and Σ dz·u; FromOutput: u and z recovered from the output y instead of x
 template <typename scalar_t, bool FromOutput>
-GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, const std::vector<double>& mean,
+GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, const DVec& mean,
                    const Affine& a, Act act, double slope) {
   using T = opmath_t<scalar_t>;
   using Vec = VecOf<scalar_t>;
-  GradSums s{std::vector<double>(g.c), std::vector<double>(g.c)};
-  std::vector<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta), isc(g.c);
+  GradSums s{DVec(g.c), DVec(g.c)};
+  SVec<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta), isc(g.c);
   for (int64_t c = 0; c < g.c; ++c) isc[c] = T(1) / sc[c];
   const Vec sl(static_cast<T>(slope)), isl(static_cast<T>(slope != 0 ? 1.0 / slope : 0.0));
   with_act(act, [&](auto A) {
@@ -340,11 +348,11 @@ GradSums grad_sums(const Geometry& g, const scalar_t* xy, const scalar_t* dy, co
 
 // dx = scale·dz + B·u + C'
 template <typename scalar_t, bool FromOutput>
-void grad_input(const Geometry& g, const scalar_t* xy, const scalar_t* dy, scalar_t* dx, const std::vector<double>& mean,
-                const Affine& a, const std::vector<double>& B, const std::vector<double>& Cc, Act act, double slope) {
+void grad_input(const Geometry& g, const scalar_t* xy, const scalar_t* dy, scalar_t* dx, const DVec& mean,
+                const Affine& a, const DVec& B, const DVec& Cc, Act act, double slope) {
   using T = opmath_t<scalar_t>;
   using Vec = VecOf<scalar_t>;
-  std::vector<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta), isc(g.c), bb = cast<T>(B), cc = cast<T>(Cc);
+  SVec<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta), isc(g.c), bb = cast<T>(B), cc = cast<T>(Cc);
   for (int64_t c = 0; c < g.c; ++c) isc[c] = T(1) / sc[c];
   const Vec sl(static_cast<T>(slope)), isl(static_cast<T>(slope != 0 ? 1.0 / slope : 0.0));
   with_act(act, [&](auto A) {
@@ -361,10 +369,10 @@ void grad_input(const Geometry& g, const scalar_t* xy, const scalar_t* dy, scala
 // dx = scale·dz (statistics constant)
 template <typename scalar_t>
 void grad_input_const(const Geometry& g, const scalar_t* x, const scalar_t* dy, scalar_t* dx,
-                      const std::vector<double>& mean, const Affine& a, Act act, double slope) {
+                      const DVec& mean, const Affine& a, Act act, double slope) {
   using T = opmath_t<scalar_t>;
   using Vec = VecOf<scalar_t>;
-  std::vector<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta);
+  SVec<T> mu = cast<T>(mean), sc = cast<T>(a.scale), be = cast<T>(a.beta);
   const Vec sl(static_cast<T>(slope));
   with_act(act, [&](auto A) {
     constexpr Act a_ = decltype(A)::value;
@@ -383,12 +391,12 @@ at::ScalarType grad_type(const optional<Tensor>& p, at::ScalarType fallback) {
 
 // (dγ, dβ) from Σdz·u (with u·invstd = x̂) and Σdz, or empty (0,) tensors
 std::tuple<Tensor, Tensor> param_grads(const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b,
-                                       const GradSums& s, const std::vector<double>& invstd, std::array<bool, 3> mask) {
+                                       const GradSums& s, const DVec& invstd, std::array<bool, 3> mask) {
   const at::ScalarType sd = stats_type(x);
   Tensor dw, db;
   if (mask[1] && has(w)) {
     // Σ dz·x̂ = invstd·Σ dz·(x − μ); an empty batch (NaN statistics) has a zero gradient
-    std::vector<double> v(s.dz_u);
+    DVec v(s.dz_u);
     for (size_t c = 0; c < v.size(); ++c) v[c] = x.numel() == 0 ? 0.0 : v[c] * invstd[c];
     dw = make_vec(x, w->scalar_type(), v);
   } else {
@@ -399,8 +407,8 @@ std::tuple<Tensor, Tensor> param_grads(const Tensor& x, const optional<Tensor>& 
 }
 
 // Section 3's coefficients: B = −γσ⁻¹·σ⁻²·Σdz·u/m, C' = −γσ⁻¹·Σdz/m
-void coefficients(const Affine& a, const std::vector<double>& invstd, const std::vector<double>& s_dz,
-                  const std::vector<double>& s_dz_u, int64_t m, std::vector<double>& B, std::vector<double>& Cc) {
+void coefficients(const Affine& a, const DVec& invstd, const DVec& s_dz,
+                  const DVec& s_dz_u, int64_t m, DVec& B, DVec& Cc) {
   const int64_t C = invstd.size();
   B.resize(C);
   Cc.resize(C);
@@ -418,7 +426,7 @@ void coefficients(const Affine& a, const std::vector<double>& invstd, const std:
 template <bool FromOutput>
 std::tuple<Tensor, Tensor, Tensor> closed_form_backward(
     const Tensor& dy, const Tensor& xy, const optional<Tensor>& w, const optional<Tensor>& b,
-    const std::vector<double>& mu, const std::vector<double>& invstd, Act act, double slope, std::array<bool, 3> mask) {
+    const DVec& mu, const DVec& invstd, Act act, double slope, std::array<bool, 3> mask) {
   Geometry g;
   Tensor xd = dense_input(xy, g);
   Tensor dyd = same_layout(dy, xd);
@@ -430,7 +438,7 @@ std::tuple<Tensor, Tensor, Tensor> closed_form_backward(
     const scalar_t* dp = dyd.const_data_ptr<scalar_t>();
     s = grad_sums<scalar_t, FromOutput>(g, xp, dp, mu, a, act, slope);
     if (mask[0]) {
-      std::vector<double> B, Cc;
+      DVec B, Cc;
       coefficients(a, invstd, s.dz, s.dz_u, g.count(), B, Cc);
       dx = output_for(xy, xd, target);
       grad_input<scalar_t, FromOutput>(g, xp, dp, target.data_ptr<scalar_t>(), mu, a, B, Cc, act, slope);
@@ -457,9 +465,9 @@ std::tuple<Tensor, Tensor, Tensor> bn_apply_backward_cpu(
   Tensor xd = dense_input(x, g);
   Tensor dyd = same_layout(dy, xd);
   const Act act = parse_act(act_s);
-  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  DVec mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
   Affine a = affine(invstd, w, b);
-  GradSums s{std::vector<double>(g.c), std::vector<double>(g.c)};
+  GradSums s{DVec(g.c), DVec(g.c)};
   Tensor dx = at::empty({0}, x.options()), target;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_apply_backward", [&] {
     const scalar_t* xp = xd.const_data_ptr<scalar_t>();
@@ -481,7 +489,7 @@ std::tuple<Tensor, Tensor> bn_backward_reduce_cpu(
   Geometry g;
   Tensor xd = dense_input(x, g);
   Tensor dyd = same_layout(dy, xd);
-  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  DVec mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
   Affine a = affine(invstd, w, b);
   GradSums s;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_backward_reduce", [&] {
@@ -498,11 +506,11 @@ Tensor bn_backward_elemt_cpu(
   Geometry g;
   Tensor xd = dense_input(x, g);
   Tensor dyd = same_layout(dy, xd);
-  std::vector<double> mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
-  std::vector<double> s_dz = read_vec(sum_dz, g.c, 0.0), s_dz_u = read_vec(sum_dz_xhat, g.c, 0.0);
+  DVec mu = read_vec(mean, g.c, 0.0), invstd = read_vec(invstd_t, g.c, 1.0);
+  DVec s_dz = read_vec(sum_dz, g.c, 0.0), s_dz_u = read_vec(sum_dz_xhat, g.c, 0.0);
   for (int64_t c = 0; c < g.c; ++c) s_dz_u[c] /= invstd[c];       // Σ dz·(x − μ)
   Affine a = affine(invstd, w, b);
-  std::vector<double> B, Cc;
+  DVec B, Cc;
   coefficients(a, invstd, s_dz, s_dz_u, std::max<int64_t>(count, 1), B, Cc);
   Tensor target;
   Tensor dx = output_for(x, xd, target);
@@ -522,7 +530,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_backward_from_output_cpu(
               "bnlab: the in-place backward needs an invertible activation (identity, or leaky_relu with slope > 0)");
   TORCH_CHECK(y.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", y.dim());
   const int64_t C = y.size(1);
-  return closed_form_backward<true>(dy, y, w, b, std::vector<double>(C, 0.0), invstd_from_var(var_t, eps, C, var_t.scalar_type() == at::kDouble),
+  return closed_form_backward<true>(dy, y, w, b, DVec(C, 0.0), invstd_from_var(var_t, eps, C, var_t.scalar_type() == at::kDouble),
                                     act, slope, mask);
 }
 

@@ -68,6 +68,12 @@ def _sections(cfg: BenchConfig) -> dict:
             out["fixed_malloc"] = alloc.run_fixed_malloc(cfg)
         except RuntimeError as exc:
             out["fixed_malloc"] = {"skipped": str(exc)}
+    if "thp_alloc" in want:
+        _progress("layers again, torch's allocator on huge pages (child process)")
+        try:
+            out["thp_alloc"] = alloc.run_thp(cfg)
+        except RuntimeError as exc:
+            out["thp_alloc"] = {"skipped": str(exc)}
     if "per_call" in want:
         _progress("per-call cost on (4,16,4,4)")
         out["per_call"] = percall.bench_per_call(cfg)

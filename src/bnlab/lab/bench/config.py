@@ -10,7 +10,7 @@ __all__ = ["BenchConfig", "PRESETS", "SECTIONS", "parse_shapes", "shape_label"]
 # The shapes of the speed targets: NCHW / (N, C) shapes, then channels_last ones ("cl").
 TARGET_SHAPES = ("32x64x56x56,64x256x14x14,64x64x112x112,32x512x7x7,8x2048x7x7,256x1024,1024x256,"
                  "32x64x56x56cl,64x256x14x14cl,128x64x32x32cl")
-SECTIONS = ("layers", "fixed_malloc", "per_call", "fused", "memory", "batch1", "end_to_end")
+SECTIONS = ("layers", "fixed_malloc", "thp_alloc", "per_call", "fused", "memory", "batch1", "end_to_end")
 
 
 def parse_shapes(text: str) -> list[tuple[tuple[int, ...], bool]]:

@@ -17,6 +17,8 @@ def speedup_figure(res: dict):
         series.append(("bnlab BN vs torch BN (default allocator)", s["layers"]["rows"]))
     if s.get("fixed_malloc", {}).get("rows"):
         series.append(("bnlab BN vs torch BN (fixed mmap threshold)", s["fixed_malloc"]["rows"]))
+    if s.get("thp_alloc", {}).get("rows"):
+        series.append(("bnlab BN vs torch BN (torch allocator on huge pages)", s["thp_alloc"]["rows"]))
     if "fused" in s:
         series.append(("BatchNormAct(relu) vs torch BN→ReLU", s["fused"]["rows"]))
     labels = [r["label"] for r in series[0][1]] if series else []

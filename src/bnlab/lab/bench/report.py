@@ -83,6 +83,17 @@ def format_report(res: dict) -> str:
                       "the two tables are not comparable.**", ""]
     elif fm:
         lines += [f"Fixed-allocator run: not available ({fm.get('skipped')}).", ""]
+    th = s.get("thp_alloc")
+    if th and "rows" in th:
+        lines += _layer_table(th["rows"], "bnlab", "torch",
+                              "Same, child process with THP_MEM_ALLOC_ENABLE=1 (torch's CPU allocator on "
+                              f"transparent huge pages, kernel mode '{th['env']['thp_mode']}'; bnlab's own outputs "
+                              ">= 32 MiB are there in every run)")
+        if th.get("kernels") != res["machine"]["kernels"]:
+            lines += [f"**The child process ran other kernels ({th.get('kernels')}) than the parent: "
+                      "the two tables are not comparable.**", ""]
+    elif th:
+        lines += [f"Huge-page allocator run: not available ({th.get('skipped')}).", ""]
     pc = s.get("per_call")
     if pc:
         lines += ["### Per call on a tiny (4,16,4,4) input", "", "| mode | bnlab µs | torch µs | ratio torch/bnlab |",

@@ -1,0 +1,53 @@
+"""Outputs of 32 MiB and more come from bnlab's huge-page mapping (csrc/bn_alloc.h).
+
+Oracle: the same op on a small slice (torch's allocator) and torch's own batch norm;
+the tensors behave as any CPU tensor (strides, resize, inference mode, autograd).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bnlab
+from bnlab.kernels import OPS
+
+MIB = 1 << 20
+SHAPE = (8, 16, 256, 256)                                           # 8M floats = 32 MiB
+
+
+def _compiled():
+    if "compiled" not in bnlab.kernels.available_backends():
+        pytest.skip("the compiled kernels are not available here")
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_large_outputs_are_2mib_aligned_and_right(fmt):
+    _compiled()
+    x = torch.randn(SHAPE).contiguous(memory_format=fmt)
+    c = SHAPE[1]
+    rm, rv, w, b = torch.randn(c), torch.rand(c) + 0.5, torch.rand(c), torch.randn(c)
+    y = OPS.bn_eval(x, rm, rv, w, b, 1e-5, "identity", 0.0)
+    assert y.data_ptr() % (2 * MIB) == 0
+    assert y.is_contiguous(memory_format=fmt)
+    ref = torch.nn.functional.batch_norm(x[:1], rm, rv, w, b, False, 0.1, 1e-5)
+    torch.testing.assert_close(y[:1], ref)
+    small = OPS.bn_eval(x[:1].contiguous(memory_format=fmt), rm, rv, w, b, 1e-5, "identity", 0.0)
+    assert small.data_ptr() % (2 * MIB) != 0 or small.numel() * 4 < 32 * MIB
+    y.resize_(2 * x.numel())                                        # a resizable storage, as torch's
+    y.fill_(1.0)
+    assert float(y.sum()) == 2 * x.numel()
+
+
+def test_large_training_step_gradients_and_inference_mode():
+    _compiled()
+    x = torch.randn(SHAPE, requires_grad=True)
+    layer = bnlab.BatchNorm2d(SHAPE[1])
+    y = layer(x)
+    assert y.data_ptr() % (2 * MIB) == 0
+    y.backward(torch.ones_like(y))
+    assert x.grad.data_ptr() % (2 * MIB) == 0
+    assert float(x.grad.abs().max()) < 1e-3                          # dL/dx = 0 for L = Σ y (per channel)
+    layer.eval()
+    with torch.inference_mode():
+        z = layer(x.detach())
+    assert z.is_inference() and z.data_ptr() % (2 * MIB) == 0
