@@ -69,7 +69,7 @@ def resolve_group(name: str):
 def group_size(input: torch.Tensor, group_name: str) -> int:
     """Ranks a SyncBatchNorm forward would synchronize over: 1 when :func:`sync_group` gives ``None``.
 
-    The kernel of the operator ``bnlab::sync_group_size`` (registered in :mod:`bnlab.nn.sync`),
+    The kernel of the operator ``bnlab::sync_group_size`` (registered in :mod:`bnlab.nn._sync_step`),
     through which TorchScript code (which cannot call ``torch.distributed``) asks the same
     question as eager code; the input only selects the dispatch key.
     """
