@@ -10,6 +10,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <ATen/FuncTorchTLS.h>
 #include <torch/library.h>
 
 #include <string>
@@ -99,42 +102,46 @@ variable_list grads(const Tensor3& g, Mask mask, size_t n_inputs, size_t first =
 Tensor invstd_of(const Tensor& var, double eps) { return at::rsqrt(var.add(eps)); }
 
 // ----------------------------------------------------------------------------- bn_train
-struct TrainFn : public torch::autograd::Function<TrainFn> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const optional<Tensor>& w,
-                               const optional<Tensor>& b, const optional<Tensor>& rm, const optional<Tensor>& rv,
-                               const optional<Tensor>& nbt, optional<double> momentum, double eps, bool guard,
-                               c10::string_view act, double slope) {
-    Tensor y, mean, var, ok;
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      std::tie(y, mean, var, ok) = op_train().call(x, w, b, rm, rv, nbt, momentum, eps, guard, act, slope);
-    }
-    bump(rm); bump(rv); bump(nbt);
-    Mask mask{x.requires_grad(), requires(w), requires(b)};
-    ctx->save_for_backward({x, value(w), value(b), mean, var});
-    save_config(ctx, eps, act, slope, mask);
-    ctx->mark_non_differentiable({mean, var, ok});
-    ctx->set_materialize_grads(false);
-    return {y, mean, var, ok};
+// The backward node of bn_train, written as torch's generated nodes are (a plain autograd
+// Node with SavedVariables): the custom-Function machinery (CppNode, its saved_data map,
+// _wrap_outputs of four outputs) cost a tiny training call more than its kernels.
+struct TrainBackward final : public torch::autograd::Node {
+  torch::autograd::SavedVariable x_, w_, b_, mean_, var_;
+  bool has_w_ = false, has_b_ = false;
+  double eps_ = 0.0, slope_ = 0.0;
+  std::string act_;
+
+  std::string name() const override { return "BnlabBnTrainBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    w_.reset_data();
+    b_.reset_data();
+    mean_.reset_data();
+    var_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list g) {
-    auto s = ctx->get_saved_variables();
-    const Mask mask = load_mask(ctx);
-    variable_list out(11);
-    if (!g[0].defined()) return out;
-    const std::string act = ctx->saved_data["act"].toStringRef();
-    const double slope = ctx->saved_data["slope"].toDouble();
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list out(3);
+    if (grads.empty() || !grads[0].defined()) return out;
+    const Mask mask{task_should_compute_output(0), has_w_ && task_should_compute_output(1),
+                    has_b_ && task_should_compute_output(2)};
+    if (!(mask[0] || mask[1] || mask[2])) return out;
+    const Tensor x = x_.unpack();
+    const optional<Tensor> w = has_w_ ? optional<Tensor>(w_.unpack()) : std::nullopt;
+    const optional<Tensor> b = has_b_ ? optional<Tensor>(b_.unpack()) : std::nullopt;
     Tensor3 r;
-    if (at::GradMode::is_enabled()) {
-      r = op_backward_graph().call(g[0], s[0], opt(s[1]), opt(s[2]), ctx->saved_data["eps"].toDouble(), act, slope, mask);
+    if (at::GradMode::is_enabled()) {                 // create_graph: the differentiable rendering
+      r = op_backward_graph().call(grads[0], x, w, b, eps_, act_, slope_, mask);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
-      r = op_backward().call(g[0], s[0], opt(s[1]), opt(s[2]), s[3], s[4], ctx->saved_data["eps"].toDouble(), act, slope, mask);
+      r = op_backward().call(grads[0], x, w, b, mean_.unpack(), var_.unpack(), eps_, act_, slope_, mask);
     }
-    out[0] = mask[0] ? std::get<0>(r) : Tensor();
-    out[1] = mask[1] ? std::get<1>(r) : Tensor();
-    out[2] = mask[2] ? std::get<2>(r) : Tensor();
+    if (mask[0]) out[0] = std::get<0>(r);
+    if (mask[1]) out[1] = std::get<1>(r);
+    if (mask[2]) out[2] = std::get<2>(r);
     return out;
   }
 };
@@ -142,17 +149,30 @@ struct TrainFn : public torch::autograd::Function<TrainFn> {
 Tensor4 bn_train_autograd(const Tensor& x, const optional<Tensor>& w, const optional<Tensor>& b,
                           const optional<Tensor>& rm, const optional<Tensor>& rv, const optional<Tensor>& nbt,
                           optional<double> momentum, double eps, bool guard, c10::string_view act, double slope) {
-  if (!(at::GradMode::is_enabled() && (x.requires_grad() || requires(w) || requires(b)))) {
-    Tensor4 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      out = op_train().call(x, w, b, rm, rv, nbt, momentum, eps, guard, act, slope);
-    }
-    bump(rm); bump(rv); bump(nbt);
-    return out;
+  Tensor4 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    out = op_train().call(x, w, b, rm, rv, nbt, momentum, eps, guard, act, slope);
   }
-  auto o = TrainFn::apply(x, w, b, rm, rv, nbt, momentum, eps, guard, act, slope);
-  return {o[0], o[1], o[2], o[3]};
+  bump(rm); bump(rv); bump(nbt);
+  if (!(at::GradMode::is_enabled() && (x.requires_grad() || requires(w) || requires(b)))) return out;
+  const auto& functorch_tls = at::functorch::functorchTLSAccessor();
+  if (functorch_tls) functorch_tls->checkSupportsCppAutogradFunction();
+  auto node = c10::make_intrusive<TrainBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, value(w), value(b)));
+  node->x_ = torch::autograd::SavedVariable(x, false);
+  node->has_w_ = w.has_value() && w->defined();
+  node->has_b_ = b.has_value() && b->defined();
+  if (node->has_w_) node->w_ = torch::autograd::SavedVariable(*w, false);
+  if (node->has_b_) node->b_ = torch::autograd::SavedVariable(*b, false);
+  // μ_B, σ²_B: outputs of the operator but not differentiable ones (no history of their own)
+  node->mean_ = torch::autograd::SavedVariable(std::get<1>(out), false);
+  node->var_ = torch::autograd::SavedVariable(std::get<2>(out), false);
+  node->eps_ = eps;
+  node->slope_ = slope;
+  node->act_ = std::string(act);
+  torch::autograd::set_history(std::get<0>(out), node);
+  return out;
 }
 
 // ----------------------------------------------------------------------------- bn_train_ (in place)
