@@ -37,8 +37,12 @@ def write_reproduce(out_dir: str | Path, entries: Sequence[tuple[Any, Any, str]]
         others = [found[name] for _, _, name in entries]
     meta = run_metadata()
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"Preset `{preset}`, {stamp}, bnlab {meta['bnlab']}, torch {meta['torch']}, "
-              f"{seconds / 60:.1f} min in all. Each experiment's folder holds config.json, metrics.jsonl, "
+    codes = sorted({str((r.get("identity") or {}).get("code")) for r in records if r.get("identity")})
+    ran = sum(float(r.get("seconds") or 0) for r in records)
+    header = (f"Preset `{preset}`, {stamp}; report written by bnlab {meta['bnlab']}, torch {meta['torch']}; "
+              f"results computed by code {', '.join(codes) or 'unknown'}. The experiments' runs (with their "
+              f"controls) took {ran / 60:.1f} min; this call {seconds / 60:.1f} min (finished results of the same "
+              "run are reused). Each experiment's folder holds config.json, metrics.jsonl, "
               "results.json, series.json, its figures and control/ (the negative control).")
     if beside is not None:
         header += (f" Beside each experiment: the run found in {beside}/ (each column labelled with its "
