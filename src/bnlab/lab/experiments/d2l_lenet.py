@@ -83,9 +83,9 @@ class D2LLeNet(Experiment):
     config_cls = D2LConfig
     presets = PRESETS
     budget_s = 70
-    # predicted from timed short runs of the full config (1 thread, 2-core machine at load ~4, where a step
-    # took twice as long as in the timed runs), 2026-12-01; replaced by the measured duration of the full run
-    expected_s = {"full": 2200}
+    # measured: run + control of the full run of 2026-12-01 (commit 53796ef, docs/results/full), 1 thread,
+    # 1 job, on a shared 2-core machine at load 2.3-4 (the process got ~75% of a core)
+    expected_s = {"full": 1020}
 
     preset_changes = {"full": ("Changed before the first full-scale run, to fit `bnlab reproduce --preset full` (all ten experiments with their controls) in ~85 min on one CPU core of a shared machine (a first attempt at larger sizes ran at half the timed speed under load ~4 and was stopped after 2 min, inside fig1, before any result), from timed short runs; no full-scale result had been seen: evaluated every 2 epochs instead of every epoch (the validation split selects among epochs 2, 4, ..., 10); d2l's training protocol is unchanged.",)}
 
