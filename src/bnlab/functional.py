@@ -45,7 +45,7 @@ def is_concrete(*tensors) -> bool:
             or torch._C._are_functorch_transforms_active()):
         return False
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or t.device.type == "meta"):
+        if t is not None and (type(t) not in _PLAIN or t.is_meta):
             return False
     return True
 

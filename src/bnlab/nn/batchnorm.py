@@ -216,8 +216,8 @@ class _BatchNorm(_TorchBatchNorm):
         update = use_batch and self._updates_running_stats()
         y, ok = _layer_forward(input, w, b, rm, rv, bufs.get("num_batches_tracked"), use_batch, update,
                                self.momentum, self.eps, self.nonfinite_guard)
-        if ok is not None:
-            self._note_guard(ok)
+        if ok is not None and self.nonfinite_guard and F.is_concrete(ok) and not ok.item():
+            self._count_skipped(stacklevel=4)                         # as _note_guard, one frame less
         return y
 
     def _note_guard(self, ok: Tensor) -> None:
