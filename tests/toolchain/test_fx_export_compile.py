@@ -49,6 +49,19 @@ def test_fx_symbolic_trace(kind, train):
     _step_matches(kind, train, trace)
 
 
+def _assert_step_equal(eager, gm, x, dy):
+    """One step of the eager layer and of its GraphModule: outputs, gradients and buffers bit for bit."""
+    outs = []
+    for m in (eager, gm):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        outs.append(torch.autograd.grad(y, [xi, *m.parameters()], dy) + (y.detach(),))
+    for u, v in zip(*outs):
+        torch.testing.assert_close(v, u, rtol=0, atol=0)
+    for k, v in eager.state_dict().items():
+        torch.testing.assert_close(gm.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("kind", ["sync", "frozen"])
 def test_fx_trace_of_a_bare_sync_or_frozen_layer(kind, train):
@@ -65,16 +78,7 @@ def test_fx_trace_of_a_bare_sync_or_frozen_layer(kind, train):
     g = torch.Generator().manual_seed(5)
     for t in range(3):
         x = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64) * (1 + t) + t
-        dy = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64)
-        outs = []
-        for m in (eager, gm):
-            xi = x.clone().requires_grad_(True)
-            y = m(xi)
-            outs.append(torch.autograd.grad(y, [xi, *m.parameters()], dy) + (y.detach(),))
-        for u, v in zip(*outs):
-            torch.testing.assert_close(v, u, rtol=0, atol=0)
-        for k, v in eager.state_dict().items():
-            torch.testing.assert_close(gm.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        _assert_step_equal(eager, gm, x, torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])
@@ -94,16 +98,7 @@ def test_fx_trace_of_a_bare_batch_renorm(dim, train):
     g = torch.Generator().manual_seed(dim)
     for t in range(5):
         x = torch.randn(shape, generator=g, dtype=torch.float64) * (0.5 + 0.5 * t) + 1.0 - t
-        dy = torch.randn(shape, generator=g, dtype=torch.float64)
-        outs = []
-        for m in (eager, gm):
-            xi = x.clone().requires_grad_(True)
-            y = m(xi)
-            outs.append(torch.autograd.grad(y, [xi, *m.parameters()], dy) + (y.detach(),))
-        for u, v in zip(*outs):
-            torch.testing.assert_close(v, u, rtol=0, atol=0)
-        for k, v in eager.state_dict().items():
-            torch.testing.assert_close(gm.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        _assert_step_equal(eager, gm, x, torch.randn(shape, generator=g, dtype=torch.float64))
     assert int(gm.num_batches_tracked) == (5 if train else 0)
 
 
