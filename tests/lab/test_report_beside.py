@@ -47,9 +47,17 @@ def test_table_puts_both_estimates_side_by_side_labelled_from_each_record():
     assert acc[1].startswith("0.30 points [-0.50, 1.10], n=3 (holds if > +0.50 points)") and acc[2] == "inconclusive"
     assert acc[3].startswith("2.00 points [1.50, 2.50], n=3 (holds if > +1.00 points)") and acc[4] == "holds"
     assert by["drift is higher"][3:] == ["— (no such check)", "—"]         # in one run only
+    assert "there stated as" not in acc[3]
     assert by["speed is higher"][1:3] == ["— (no such check)", "—"]
     lines = beside_lines(quick, full)
     assert lines[0].startswith("test_acc is higher: preset quick 0.30 points") and "| preset full 2.00" in lines[0]
+
+
+def test_a_matched_check_worded_differently_quotes_the_other_runs_statement():
+    quick = _rec("quick", "a", [_check("steps", -10.0, -20.0, 0.0, "inconclusive", statement="reaches 70% sooner")])
+    full = _rec("full", "b", [_check("steps", -50.0, -60.0, -40.0, "holds", statement="reaches 75% sooner")])
+    row = beside_table(quick, full)["rows"][1]
+    assert row[0] == "reaches 70% sooner" and row[3].endswith("; there stated as: reaches 75% sooner")
 
 
 def test_same_preset_columns_say_which_is_which():

@@ -11,7 +11,8 @@ record it shows — its own ``preset``, seeds, code version and identity digest 
 what the caller expects it to be. A record of another experiment, a negative control's own
 record, or a damaged file is not shown; the section says why instead. Checks are matched by
 what they compare (metric, treatment, baseline, direction), so a check present in one run
-only gets "—" in the other's columns.
+only gets "—" in the other's columns, and where the two runs word a matched check differently
+(another target, another batch size) the other run's cell quotes its own statement.
 """
 from __future__ import annotations
 
@@ -110,7 +111,10 @@ def beside_table(here: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str,
     for c in here.get("checks", []):
         k = _key(c)
         seen.add(k)
-        rows.append([str(c.get("statement")), *_cell(c), *_cell(theirs.get(k))])
+        other_cell = list(_cell(theirs.get(k)))
+        if k in theirs and theirs[k].get("statement") != c.get("statement"):   # e.g. another target accuracy
+            other_cell[0] += f"; there stated as: {theirs[k].get('statement')}"
+        rows.append([str(c.get("statement")), *_cell(c), *other_cell])
     for c in other.get("checks", []):
         if _key(c) not in seen:
             rows.append([str(c.get("statement")), *_cell(None), *_cell(c)])
