@@ -242,8 +242,11 @@ void elementwise(const Geometry& g, const scalar_t* x, const scalar_t* dy, scala
       scalar_t* orow = op + off;
       int64_t i = 0;
       for (; i + V <= n_in; i += V) {
-        for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(Pl[k] + i);
-        store(orow + i, fl(load(xr + i, V), dr ? load(dr + i, V) : zero, pv), V);
+        // parameters local to the iteration: those the functor does not read are dead loads
+        // the compiler drops (an array live across the loop kept all K loads per vector)
+        Vec pl[K > 0 ? K : 1];
+        for (size_t k = 0; k < K; ++k) pl[k] = Vec::loadu(Pl[k] + i);
+        store(orow + i, fl(load(xr + i, V), dr ? load(dr + i, V) : zero, pl), V);
       }
       if (i < n_in) {
         const int64_t n = n_in - i;
@@ -352,8 +355,9 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
       int64_t i = 0;
       Vec v1, v2;
       for (; i + V <= nc; i += V) {
-        for (size_t k = 0; k < K; ++k) pv[k] = Vec::loadu(Pl[k] + i);
-        fl(load(xr + i, V), dr ? load(dr + i, V) : zero, pv, v1, v2);
+        Vec pl[K > 0 ? K : 1];  // local: unused parameters are dead loads (see elementwise)
+        for (size_t k = 0; k < K; ++k) pl[k] = Vec::loadu(Pl[k] + i);
+        fl(load(xr + i, V), dr ? load(dr + i, V) : zero, pl, v1, v2);
         (Vec::loadu(t1 + i) + v1).store(t1 + i);
         (Vec::loadu(t2 + i) + v2).store(t2 + i);
       }
