@@ -196,6 +196,32 @@ def test_statistics_of_offset_data_keep_their_digits(backend):
     torch.testing.assert_close(K.bn_stats(cl)[1].double(), x64.var(dim=(0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_channel_innermost_sums_cover_every_row_and_channel(dtype, threads, backend):
+    """The channels-innermost reductions (rows summed in blocks of eight, prefetching ahead) count
+    every row once: row counts around the block size and past the prefetch distance, channel
+    counts with vector tails. Oracle: float64 sums of the same values."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows, c in [(1, 3), (7, 9), (8, 8), (9, 1), (17, 33), (1003, 9), (300, 64), (45, 1027)]:
+            x = (torch.randn(rows, c, dtype=torch.float64) * 2 + 3).to(dtype)
+            dy = torch.randn(rows, c, dtype=torch.float64).to(dtype)
+            x64, dy64 = x.double(), dy.double()
+            tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+            mean, var = K.bn_stats(x)
+            torch.testing.assert_close(mean.double(), x64.mean(0), **tol)
+            torch.testing.assert_close(var.double(), x64.var(0, unbiased=False), **tol)
+            inv = torch.rsqrt(var.double() + 1e-5).to(mean.dtype)
+            s_dz, s_dzx = K.bn_backward_reduce(dy, x, mean, inv, None, None, "identity", 0.0)
+            xhat = (x64 - mean.double()) * inv.double()
+            torch.testing.assert_close(s_dz, dy64.sum(0), **tol)
+            torch.testing.assert_close(s_dzx, (dy64 * xhat).sum(0), **tol)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_expanded_gradient_and_empty_batch(backend):
     """dy with stride 0 (from .sum()) is read correctly; an empty batch gives an empty output."""
     x = torch.randn(4, 3, 5, requires_grad=True)
