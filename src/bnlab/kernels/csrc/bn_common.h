@@ -382,9 +382,12 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
     const Vec zero(0);
     constexpr int64_t kHalf = 4, kBlock = 2 * kHalf;
     constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));  // values per cache line
+    constexpr int64_t kPrefetchBytes = 32768;
     const int64_t r_end = r1;
+    // prefetch only inputs well beyond L2 (measured at 3.2 MB, 8x2048x7x7 CL: 12% slower with it)
+    const bool prefetch = g.rows() * nc * static_cast<int64_t>(sizeof(scalar_t)) >= (int64_t(4) << 20);
     const int64_t row_bytes = nc * static_cast<int64_t>(sizeof(scalar_t));
-    const int64_t ahead_rows = std::max<int64_t>(1, (16384 + kBlock * row_bytes - 1) / (kBlock * row_bytes)) * kBlock;
+    const int64_t ahead_rows = std::max<int64_t>(1, (kPrefetchBytes + kBlock * row_bytes - 1) / (kBlock * row_bytes)) * kBlock;
     // rows [rb, rb + nr) of the vector of channels [i, i + n) into the double sums
     auto block = [&](auto NR, int64_t rb, int64_t nr_rt, int64_t i, int64_t n) {
       constexpr int64_t nr_ct = decltype(NR)::value;  // > 0: a full block, unrolled
@@ -395,13 +398,15 @@ void reduce2(const Geometry& g, const scalar_t* x, const scalar_t* dy,
       const scalar_t* xr = xp + rb * nc + i;
       const scalar_t* dr = dp ? dp + rb * nc + i : nullptr;
       if constexpr (nr_ct > 0) {
-        // a block ~16 KiB ahead, in memory order: this vector's share of it (kBlock·V values;
-        // blocks are read column-wise, which the hardware prefetchers follow poorly from DRAM)
+        // a block ~32 KiB ahead, in memory order, into L2: this vector's share of it (kBlock·V
+        // values; blocks are read column-wise, which the hardware prefetchers follow poorly
+        // from DRAM). Measured at 1 thread, against no prefetch / into L1 16 KiB ahead:
+        // (64,256,14,14) CL statistics 1138 / 718 / 599 us, Σdz sums 3464 / 2708 / 1838 us.
         const int64_t ahead = ahead_rows * nc + i * kBlock;
-        if (rb + ahead_rows + kBlock <= r_end) {
+        if (prefetch && rb + ahead_rows + kBlock <= r_end) {
           for (int64_t o = 0; o < kBlock * V; o += kLine) {
-            __builtin_prefetch(xr - i + ahead + o);
-            if (dr) __builtin_prefetch(dr - i + ahead + o);
+            __builtin_prefetch(xr - i + ahead + o, 0, 2);  // into L2
+            if (dr) __builtin_prefetch(dr - i + ahead + o, 0, 2);
           }
         }
       }
