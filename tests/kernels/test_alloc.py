@@ -100,3 +100,34 @@ def test_cache_budget_zero_maps_afresh_each_time():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) >= 16           # 32 MiB / 2 MiB pages at the least
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.float32, (8, 16, 224, 224)), (torch.float64, (4, 16, 224, 224))],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_outputs_past_the_streaming_threshold_match_torch(dtype, shape, fmt):
+    """Outputs of 24 MiB and more are written with streaming stores (csrc/bn_common.h): y, dx, and
+    eval's y equal torch's batch norm and its autograd gradients (the oracle)."""
+    _compiled()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, dtype=dtype, generator=g).contiguous(memory_format=fmt)
+    assert x.numel() * x.element_size() >= 24 * MIB
+    c = shape[1]
+    w, b = torch.rand(c, dtype=dtype, generator=g) + 0.5, torch.randn(c, dtype=dtype, generator=g)
+    dy = torch.randn(shape, dtype=dtype, generator=g).contiguous(memory_format=fmt)
+    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    out = {}
+    for name, fn in (("bnlab", None), ("torch", torch.nn.functional.batch_norm)):
+        xi = x.clone().requires_grad_()
+        rm, rv = torch.zeros(c, dtype=dtype), torch.ones(c, dtype=dtype)
+        if fn is None:
+            y, *_ = OPS.bn_train(xi, w, b, rm, rv, None, 0.1, 1e-5, True, "identity", 0.0)
+            ev = OPS.bn_eval(x, rm, rv, w, b, 1e-5, "identity", 0.0)
+        else:
+            y = fn(xi, rm, rv, w, b, True, 0.1, 1e-5)
+            ev = fn(x, rm, rv, w, b, False, 0.1, 1e-5)
+        y.backward(dy)
+        out[name] = (y.detach(), xi.grad, ev)
+    for got, want in zip(out["bnlab"], out["torch"]):
+        assert got.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(got, want, **tol)

@@ -145,3 +145,30 @@ def test_help_exits_cleanly(capsys):
 
 def test_shapes_parse():
     assert bench.parse_shapes("2x3x4x5cl, 7x8") == [((2, 3, 4, 5), True), ((7, 8), False)]
+
+
+@pytest.mark.parametrize("peers", [2, 3])
+def test_interleaving_gives_each_peer_every_predecessor_equally_often(peers):
+    """With a lead step (the copy probe) opening each round, over whole cycles of orders each peer
+    follows the lead and each other peer equally often (the step before leaves the caches and the
+    heap to the next); every step is timed once per timed round."""
+    from collections import Counter
+
+    from bnlab.lab.bench.timing import interleaved
+
+    log = []
+
+    def step(name):
+        def run():
+            log.append(name)
+            return 0.001, 0
+        return run
+
+    names = [f"p{i}" for i in range(peers)] + ["copy"]
+    reps = 2 * (2 if peers == 2 else 6)                              # whole cycles of peers! orders
+    secs, faults = interleaved({n: step(n) for n in names}, reps, warmup=0, lead="copy")
+    assert all(len(secs[n]) == reps and len(faults[n]) == reps for n in names)
+    before = Counter(zip(log, log[1:]))                               # (predecessor, step) pairs
+    for p in names[:-1]:
+        counts = {q: before[(q, p)] for q in names if q != p}
+        assert len(set(counts.values())) == 1, counts

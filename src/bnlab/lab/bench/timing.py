@@ -6,6 +6,7 @@ machine hit all peers alike. Reported: the median and the 25th–75th percentile
 """
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import statistics
@@ -50,19 +51,30 @@ def ratio_summary(num: list[float], den: list[float]) -> dict:
     return {"median": med, "p25": lo, "p75": hi, "of_minima": min(num) / min(den)}
 
 
-def interleaved(steps: dict[str, Callable[[], float]], reps: int, warmup: int) -> tuple[dict, dict]:
+def interleaved(steps: dict[str, Callable[[], float]], reps: int, warmup: int,
+                lead: str | None = None) -> tuple[dict, dict]:
     """Run every step once per round, rotating the order; ``reps`` timed rounds after ``warmup``.
+
+    ``lead``: a step (the copy-bandwidth probe) that opens every round, the other steps after
+    it in every order in turn (all permutations, cycled). Over each full cycle each peer then
+    follows the lead and each other peer equally often: a step leaves the caches and the
+    allocator's free list to the next, and with all steps rotating, the lead among them, one
+    peer of two followed the other twice as often as it was followed by it (see
+    docs/bench/README.md). Without ``lead`` the steps rotate.
 
     Each step returns ``(seconds, faults)`` of the part it timed itself (see :func:`timed`).
     Returns ``(seconds, faults)``: per peer the list of timed seconds and the list of
     minor page faults during each timed part.
     """
-    names = list(steps)
-    seconds = {n: [] for n in names}
-    faults = {n: [] for n in names}
+    names = [n for n in steps if n != lead]
+    if lead is None:
+        orders = [names[k:] + names[:k] for k in range(len(names))]
+    else:
+        orders = [[lead, *p] for p in itertools.permutations(names)]
+    seconds = {n: [] for n in steps}
+    faults = {n: [] for n in steps}
     for r in range(warmup + reps):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
+        for n in orders[r % len(orders)]:
             t, f = steps[n]()
             if r >= warmup:
                 seconds[n].append(t)
