@@ -127,30 +127,31 @@ class _BatchNormAct:
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        spec = act_spec(self.act)
+        # the registered tensors and the activation, read from the Module's dicts once
+        # (Module.__getattr__ per access cost ~13 µs a call here: 26.7 against BN's 13.4 µs in eval)
+        bufs, params = self._buffers, self._parameters
+        spec = act_spec(self._modules["act"])
         if spec is None:                                             # a replaced act: BN, then act
             if self.inplace:
                 _check_invertible(self, spec)
-            return self.act(super()._forward_impl(input))
+            return self._modules["act"](super()._forward_impl(input))
         kind, p = spec
-        use_batch = self._uses_batch_stats()
+        rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
+        use_batch = self._batch_stats_policy(rm, rv)
         # every check happens before any state changes: a bad call leaves the buffers as they were
-        F.check_input(input, self.running_mean, self.running_var, self.weight, self.bias, training=use_batch,
-                      eps=self.eps)
+        F.check_input(input, rm, rv, w, b, training=use_batch, eps=self.eps)
         if not use_batch:
             # Alg. 2, then g, in one elementwise pass (in eval the output is a new tensor even with inplace)
-            return kernels.bn_eval(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps,
-                                   act=kind, act_param=p)
+            return kernels.bn_eval(input, rm, rv, w, b, self.eps, act=kind, act_param=p)
         if self.inplace:
             self._check_inplace(input, kind, p)
         # Alg. 1, then g: one pass for the statistics, one elementwise pass (over the input if inplace);
         # the operator folds the batch statistics into the running ones (guarded) when this layer updates them
         if not self._updates_running_stats():
-            return kernels.bn_train(input, self.weight, self.bias, None, None, None, self.momentum, self.eps,
+            return kernels.bn_train(input, w, b, None, None, None, self.momentum, self.eps,
                                     False, kind, p, inplace=self.inplace)[0]
-        y, _, _, ok = kernels.bn_train(input, self.weight, self.bias, self.running_mean, self.running_var,
-                                       self.num_batches_tracked, self.momentum, self.eps, self.nonfinite_guard,
-                                       kind, p, inplace=self.inplace)
+        y, _, _, ok = kernels.bn_train(input, w, b, rm, rv, bufs.get("num_batches_tracked"), self.momentum,
+                                       self.eps, self.nonfinite_guard, kind, p, inplace=self.inplace)
         self._note_guard(ok)
         return y
 
