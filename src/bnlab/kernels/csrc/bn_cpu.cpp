@@ -106,24 +106,32 @@ void channel_stats(const Geometry& g, const scalar_t* x, DVec& mean, DVec& var) 
 // constant term formed in double (torch's form): two parameter vectors per data vector
 // instead of three. Measured at 1 thread, channels-last (32,64,56,56) eval: the three-
 // parameter loop ran 0.70x torch's, this one at parity (docs/kernels.md).
+// Here α = scale and β′ are given, in opmath; apply_pass forms them.
+template <typename scalar_t>
+void apply_alpha_beta(const Geometry& g, const scalar_t* x, scalar_t* y, const opmath_t<scalar_t>* al,
+                      const opmath_t<scalar_t>* bt, Act act, double slope) {
+  using T = opmath_t<scalar_t>;
+  using Vec = VecOf<scalar_t>;
+  const Vec sl(static_cast<T>(slope));
+  with_act(act, [&](auto A) {
+    elementwise<scalar_t, 2>(g, x, nullptr, y, {al, bt},
+        [sl](const Vec& xv, const Vec&, const Vec* p) {
+          return act_fwd<decltype(A)::value>(at::vec::fmadd(xv, p[0], p[1]), sl);
+        });
+  });
+}
+
 template <typename scalar_t>
 void apply_pass(const Geometry& g, const scalar_t* x, scalar_t* y, const DVec& mean,
                 const DVec& scale, const DVec& beta, Act act, double slope) {
   using T = opmath_t<scalar_t>;
-  using Vec = VecOf<scalar_t>;
   const int64_t C = static_cast<int64_t>(mean.size());
   SVec<T> al(C), bt(C);
   for (int64_t c = 0; c < C; ++c) {
     al[c] = static_cast<T>(scale[c]);
     bt[c] = static_cast<T>(beta[c] - mean[c] * scale[c]);
   }
-  const Vec sl(static_cast<T>(slope));
-  with_act(act, [&](auto A) {
-    elementwise<scalar_t, 2>(g, x, nullptr, y, {al.data(), bt.data()},
-        [sl](const Vec& xv, const Vec&, const Vec* p) {
-          return act_fwd<decltype(A)::value>(at::vec::fmadd(xv, p[0], p[1]), sl);
-        });
-  });
+  apply_alpha_beta<scalar_t>(g, x, y, al.data(), bt.data(), act, slope);
 }
 
 struct Affine {
@@ -288,23 +296,66 @@ Tensor bn_apply_cpu(const Tensor& x, const Tensor& mean, const Tensor& invstd, c
   return y;
 }
 
+namespace {
+
+// p[i·st] of a (C,) tensor of any floating dtype as double (``fill`` when absent), for i < C
+struct VecReader {
+  const void* p = nullptr;
+  int64_t st = 0;
+  at::ScalarType dt = at::kFloat;
+  double fill = 0;
+  VecReader(const optional<Tensor>& t, double f) : fill(f) {
+    if (!has(t)) return;
+    p = t->const_data_ptr();
+    st = t->dim() ? t->stride(0) : 0;
+    dt = t->scalar_type();
+  }
+  double operator()(int64_t i) const {
+    if (!p) return fill;
+    switch (dt) {
+      case at::kDouble: return static_cast<const double*>(p)[i * st];
+      case at::kFloat: return static_cast<const float*>(p)[i * st];
+      case at::kHalf: return static_cast<double>(static_cast<const at::Half*>(p)[i * st]);
+      case at::kBFloat16: return static_cast<double>(static_cast<const at::BFloat16*>(p)[i * st]);
+      default: TORCH_CHECK(false, "bnlab: expected a floating-point (C,) tensor, got ", dt);
+    }
+  }
+};
+
+}  // namespace
+
 Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const optional<Tensor>& w,
                    const optional<Tensor>& b, double eps, c10::string_view act, double slope) {
   TORCH_CHECK(x.dim() >= 2, "bnlab: expected an input (N, C, *) with at least 2 dimensions, got ", x.dim());
   const int64_t C = x.size(1);
   check_vec(rm, C, "running_mean");
   check_vec(rv, C, "running_var");
-  // statistics rounded to the statistics dtype, invstd computed in it, as the reference does
-  DVec mean = read_vec(rm, C, 0.0), invstd = invstd_from_var(rv, eps, C, x.scalar_type() == at::kDouble);
-  if (x.scalar_type() != at::kDouble) for (auto& v : mean) v = static_cast<float>(v);
-  Geometry g;
-  Tensor xd = dense_input(x, g), target;
   check_vec(w, C, "weight");
   check_vec(b, C, "bias");
+  const Act a = parse_act(act);
+  Geometry g;
+  Tensor xd = dense_input(x, g), target;
   Tensor y = output_for(x, xd, target);
-  Affine a = affine(invstd, w, b);
+  // α = γ·σ⁻¹ and β′ = β − μ·α per channel in one loop, in the operations of the general
+  // path (statistics rounded to the statistics dtype, σ⁻¹ computed in it; α, β′ in double,
+  // rounded once): nothing but the two (C,) opmath vectors is allocated — at batch 1, after a
+  // convolution has flushed the caches, the (C,) double temporaries of the general path cost
+  // more than the pass (docs/kernels.md)
+  const bool f64 = x.scalar_type() == at::kDouble;
+  const VecReader mr(rm, 0.0), vr(rv, 1.0), wr(w, 1.0), br(b, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_eval", [&] {
-    apply_pass<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mean, a.scale, a.beta, parse_act(act), slope);
+    using T = opmath_t<scalar_t>;
+    SVec<T> al(C), bt(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double mean = f64 ? mr(c) : static_cast<double>(static_cast<float>(mr(c)));
+      const double var = vr(c);
+      const double invstd = f64 ? 1.0 / std::sqrt(var + eps)
+                                : static_cast<double>(1.0f / std::sqrt(static_cast<float>(var) + static_cast<float>(eps)));
+      const double scale = wr(c) * invstd;
+      al[c] = static_cast<T>(scale);
+      bt[c] = static_cast<T>(br(c) - mean * scale);
+    }
+    apply_alpha_beta<scalar_t>(g, xd.const_data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), al.data(), bt.data(), a, slope);
   });
   if (!target.is_same(y)) y.copy_(target);
   return y;
