@@ -1,4 +1,4 @@
-"""Outputs of 32 MiB and more come from bnlab's huge-page mapping (csrc/bn_alloc.h).
+"""Outputs of 24 MiB and more come from bnlab's huge-page mapping (csrc/bn_alloc.h).
 
 Oracle: the same op on a small slice (torch's allocator) and torch's own batch norm;
 the tensors behave as any CPU tensor (strides, resize, inference mode, autograd).
@@ -106,8 +106,9 @@ def test_cache_budget_zero_maps_afresh_each_time():
                          ids=["float32", "float64"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
 def test_outputs_past_the_streaming_threshold_match_torch(dtype, shape, fmt):
-    """Outputs of 24 MiB and more are written with streaming stores (csrc/bn_common.h): y, dx, and
-    eval's y equal torch's batch norm and its autograd gradients (the oracle)."""
+    """Outputs of 24 MiB and more are written with streaming stores (csrc/bn_common.h) on bnlab's
+    huge-page mappings (2 MiB-aligned): y, dx, and eval's y equal torch's batch norm and its
+    autograd gradients (the oracle)."""
     _compiled()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, dtype=dtype, generator=g).contiguous(memory_format=fmt)
@@ -129,5 +130,5 @@ def test_outputs_past_the_streaming_threshold_match_torch(dtype, shape, fmt):
         y.backward(dy)
         out[name] = (y.detach(), xi.grad, ev)
     for got, want in zip(out["bnlab"], out["torch"]):
-        assert got.is_contiguous(memory_format=fmt)
+        assert got.is_contiguous(memory_format=fmt) and got.data_ptr() % (2 * MIB) == 0
         torch.testing.assert_close(got, want, **tol)

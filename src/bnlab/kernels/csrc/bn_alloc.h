@@ -1,13 +1,19 @@
-// Outputs of 32 MiB and more (y, dx) on transparent huge pages.
+// Outputs of 24 MiB and more (y, dx) on transparent huge pages, reused when freed.
 //
 // glibc serves every allocation of at least 32 MiB (its largest mmap threshold) with a
-// fresh mmap, so each page of a large output is faulted in, and zeroed, on first write:
-// at 4 KiB a page that is one fault per 4 KiB written — on the machines measured
-// (docs/kernels.md) 1.3 µs each, more than the kernel's own pass over the page. Here such
-// outputs are mapped 2 MiB-aligned with madvise(MADV_HUGEPAGE): one fault per 2 MiB where
-// the kernel runs transparent huge pages ("always" or "madvise"), the 4 KiB behaviour
-// otherwise. Freed mappings are kept for reuse within a budget (below); beyond it they go
-// back to the system (munmap), as with glibc. Smaller outputs use torch's CPU allocator.
+// fresh mmap, and smaller ones from its heap, whose top it gives back to the system when
+// more than twice its current threshold lies free there: a repeated large output is often
+// written on fresh pages, one fault and a zeroing per 4 KiB page — on the machines measured
+// (docs/kernels.md) 1.3-1.6 µs each, more than the kernel's own pass over the page (a
+// 25.7 MB training step paid 0 or 6240 faults from one run to the next). Here outputs of
+// at least 24 MiB — those the kernels write with streaming stores (bn_common.h: they are
+// not kept in cache for their consumer anyway, so the heap's warm recycled chunk is no
+// advantage) — are mapped 2 MiB-aligned with madvise(MADV_HUGEPAGE): one fault per 2 MiB
+// where the kernel runs transparent huge pages ("always" or "madvise"), the 4 KiB
+// behaviour otherwise. Freed mappings are kept for reuse within a budget (below); beyond it
+// they go back to the system (munmap), as with glibc. Smaller outputs use torch's CPU
+// allocator: there the heap hands the next call a chunk still in cache (a separate mapping
+// measured 10-25% slower in eval at 1-26 MB).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,7 +30,7 @@
 
 namespace bnlab {
 
-constexpr size_t kHugeThreshold = size_t(32) << 20;  // glibc's DEFAULT_MMAP_THRESHOLD_MAX
+constexpr size_t kHugeThreshold = size_t(24) << 20;  // = kStreamBytes of bn_common.h
 constexpr size_t kHugePage = size_t(2) << 20;
 
 // Freed mappings are kept for reuse, up to a byte budget ($BNLAB_HUGEPAGE_CACHE_MB, default

@@ -187,7 +187,7 @@ using Params = std::array<const T*, K>;
 // eval's read + write). Measured on the 2-core machine (docs/kernels.md), a read + write
 // pass: 0.57x at 3 MB (the output would have stayed in cache), 0.91-0.98x at 12 MB,
 // 1.04-1.20x at 25 MB, 1.4-1.5x at 205 MB; oneDNN's batch normalization does the same.
-constexpr int64_t kStreamBytes = int64_t(24) << 20;
+constexpr int64_t kStreamBytes = int64_t(24) << 20;  // = kHugeThreshold of bn_alloc.h
 
 // true when ``Vec`` stores of scalar_t can stream here (a float or double vector of AVX2)
 template <typename scalar_t>
