@@ -169,6 +169,10 @@ _T_train, _T_train_, _T_eval, _T_stats, _T_apply = (
 # the same operators without OpOverload.__call__'s Python frame (~0.9 µs of an 11-argument call) for
 # eager calls; torch.compile traces the OpOverload objects
 _E_train, _E_eval = _T_train._op, _T_eval._op
+# bound once: module attribute lookups are part of a call's cost (torch.compile recognises
+# these function objects by identity, so the aliases trace as the originals)
+_is_compiling = torch.compiler.is_compiling
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def _primal(t):
@@ -188,6 +192,12 @@ def bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked, mo
     ``inplace=True`` writes y over ``x`` (In-Place ABN; ``act`` identity or leaky_relu,
     γ ≠ 0) and returns ``x`` as y.
     """
+    if not inplace and not _is_compiling() and _fwAD._current_level < 0 and x.is_cpu and not _functorch_active():
+        # the plain eager CPU call (what the general path below does for it, in this one frame:
+        # each Python frame costs ~20 µs when a convolution has just flushed the caches)
+        _COUNTS[_state["cpu_key"] or _cpu_key()] += 1
+        return _E_train(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, guard,
+                        act, act_param)
     if _fwAD._current_level >= 0:
         running_mean, running_var = _primal(running_mean), _primal(running_var)
     if _composite((x, weight, bias)):
@@ -214,6 +224,9 @@ def bn_train(x, weight, bias, running_mean, running_var, num_batches_tracked, mo
 
 def bn_eval(x, running_mean, running_var, weight, bias, eps, act="identity", act_param=0.0):
     """Alg. 2: ``y = act(γ·(x − running_mean)/sqrt(running_var + ε) + β)``; no gradient to the statistics."""
+    if not _is_compiling() and _fwAD._current_level < 0 and x.is_cpu and not _functorch_active():
+        _COUNTS[_state["cpu_key"] or _cpu_key()] += 1                # the plain eager CPU call (see bn_train)
+        return _E_eval(x, running_mean, running_var, weight, bias, eps, act, act_param)
     if _fwAD._current_level >= 0:
         running_mean, running_var = _primal(running_mean), _primal(running_var)
     if _composite((x, weight, bias)):
