@@ -13,8 +13,8 @@ measurements separate this from the kernels:
 * the ``layers`` section rerun in a child process with ``THP_MEM_ALLOC_ENABLE=1``:
   torch's CPU allocator then places allocations of 2 MiB and more on transparent huge
   pages (one fault per 2 MiB), for both peers — bnlab's kernels already put their own
-  outputs of 32 MiB and more there, so this run tells kernel speed from allocation cost
-  beyond the 32 MiB cap too;
+  outputs of 24 MiB and more there, so this run tells kernel speed from allocation cost
+  beyond glibc's 32 MiB cap too;
 * the cost of one page fault, measured here: filling a fresh 64 MiB tensor vs
   refilling it.
 """

@@ -88,7 +88,7 @@ def format_report(res: dict) -> str:
         lines += _layer_table(th["rows"], "bnlab", "torch",
                               "Same, child process with THP_MEM_ALLOC_ENABLE=1 (torch's CPU allocator on "
                               f"transparent huge pages, kernel mode '{th['env']['thp_mode']}'; bnlab's own outputs "
-                              ">= 32 MiB are there in every run)")
+                              ">= 24 MiB are there in every run)")
         if th.get("kernels") != res["machine"]["kernels"]:
             lines += [f"**The child process ran other kernels ({th.get('kernels')}) than the parent: "
                       "the two tables are not comparable.**", ""]
