@@ -40,16 +40,35 @@ void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
 
 bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
+// p[i·st] of a (C,) tensor of any floating dtype as double (``fill`` when absent), for i < C
+struct VecReader {
+  const void* p = nullptr;
+  int64_t st = 0;
+  at::ScalarType dt = at::kFloat;
+  double fill = 0;
+  VecReader(const optional<Tensor>& t, double f) : fill(f) {
+    if (!has(t)) return;
+    p = t->const_data_ptr();
+    st = t->dim() ? t->stride(0) : 0;
+    dt = t->scalar_type();
+  }
+  double operator()(int64_t i) const {
+    if (!p) return fill;
+    switch (dt) {
+      case at::kDouble: return static_cast<const double*>(p)[i * st];
+      case at::kFloat: return static_cast<const float*>(p)[i * st];
+      case at::kHalf: return static_cast<double>(static_cast<const at::Half*>(p)[i * st]);
+      case at::kBFloat16: return static_cast<double>(static_cast<const at::BFloat16*>(p)[i * st]);
+      default: TORCH_CHECK(false, "bnlab: expected a floating-point (C,) tensor, got ", dt);
+    }
+  }
+};
+
 // a (C,) tensor of any floating dtype (or ``fill`` when absent) as double
 DVec read_vec(const optional<Tensor>& t, int64_t c, double fill) {
-  DVec out(c, fill);
-  if (!has(t)) return out;
-  const Tensor& v = *t;
-  const int64_t st = v.dim() ? v.stride(0) : 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "bnlab_read_vec", [&] {
-    const scalar_t* p = v.const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < c; ++i) out[i] = static_cast<double>(p[i * st]);
-  });
+  const VecReader r(t, fill);
+  DVec out(c);
+  for (int64_t i = 0; i < c; ++i) out[i] = r(i);
   return out;
 }
 
@@ -295,34 +314,6 @@ Tensor bn_apply_cpu(const Tensor& x, const Tensor& mean, const Tensor& invstd, c
   if (!target.is_same(y)) y.copy_(target);
   return y;
 }
-
-namespace {
-
-// p[i·st] of a (C,) tensor of any floating dtype as double (``fill`` when absent), for i < C
-struct VecReader {
-  const void* p = nullptr;
-  int64_t st = 0;
-  at::ScalarType dt = at::kFloat;
-  double fill = 0;
-  VecReader(const optional<Tensor>& t, double f) : fill(f) {
-    if (!has(t)) return;
-    p = t->const_data_ptr();
-    st = t->dim() ? t->stride(0) : 0;
-    dt = t->scalar_type();
-  }
-  double operator()(int64_t i) const {
-    if (!p) return fill;
-    switch (dt) {
-      case at::kDouble: return static_cast<const double*>(p)[i * st];
-      case at::kFloat: return static_cast<const float*>(p)[i * st];
-      case at::kHalf: return static_cast<double>(static_cast<const at::Half*>(p)[i * st]);
-      case at::kBFloat16: return static_cast<double>(static_cast<const at::BFloat16*>(p)[i * st]);
-      default: TORCH_CHECK(false, "bnlab: expected a floating-point (C,) tensor, got ", dt);
-    }
-  }
-};
-
-}  // namespace
 
 Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const optional<Tensor>& w,
                    const optional<Tensor>& b, double eps, c10::string_view act, double slope) {
