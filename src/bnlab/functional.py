@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
+_F32 = torch.float32
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)                # tensor types without a __torch_function__ override
 
@@ -63,6 +64,40 @@ def _all_match(input, c, tensors) -> bool:
     return True
 
 
+# C calls bound once (torch.compiler.is_compiling is two Python frames; dynamo recognises it by identity)
+_is_compiling = torch.compiler.is_compiling
+_is_tracing, _dispatch_depth = torch._C._is_tracing, torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
+def plain_call(input, running_mean, running_var, weight, bias, training, eps) -> bool:
+    """True for a plain eager call with arguments :func:`check_input` accepts at once.
+
+    Plain eager: no tracing, compiling, exporting, dispatch mode, functorch transform or
+    forward AD. The arguments: a plain floating input (N, C, *) with enough values per
+    channel in training, every tensor given a plain (C,) tensor on the input's device of its
+    dtype (or float32 beside float16/bfloat16), the running statistics both given (or, in
+    training, both None), ``eps`` valid.
+    A layer that gets True may call the operators directly (``_BatchNorm.forward``); one
+    that gets False takes the general path, which checks (and raises) in full.
+    """
+    if (type(input) is not torch.Tensor or eps is None or _fwAD._current_level >= 0 or _is_compiling()
+            or _is_tracing() or _dispatch_depth() or _functorch_active()
+            or (running_mean is None) != (running_var is None) or (running_mean is None and not training)):
+        return False
+    shape = input.shape
+    if len(shape) < 2 or input.dtype not in _FLOATING:
+        return False
+    c, dt, cpu = shape[1], input.dtype, input.is_cpu
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None and (type(t) not in _PLAIN or (t.dtype is not dt and not (t.dtype is _F32 and dt in _HALF))
+                              or t.numel() != c or t.is_cpu is not cpu or (not cpu and t.device != input.device)):
+            return False
+    if not ((eps > 0.0 and input.numel() >= 2 * c) if training else eps >= 0.0):
+        return False
+    return not (_ONNX_FLAGS[0] or _onnx_flag())()
+
+
 def check_input(input, running_mean=None, running_var=None, weight=None, bias=None, training=False, eps=None):
     """Raise the error ``torch.nn.functional.batch_norm`` raises for an argument it cannot use.
 
@@ -72,20 +107,8 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
     ``RuntimeError`` and ``ValueError``). ``eps`` is checked as PyTorch checks it, at
     the call: positive in training, non-negative in evaluation.
     """
-    if (type(input) is torch.Tensor and eps is not None and _fwAD._current_level < 0
-            and (running_mean is None) == (running_var is None) and (running_mean is not None or training)):
-        # the common case in one pass: a plain floating input (N, C, *) with enough values per
-        # channel, every tensor given with C elements, the input's dtype and device, eps valid
-        shape = input.shape
-        if len(shape) >= 2 and input.dtype in _FLOATING:
-            c, dt, cpu = shape[1], input.dtype, input.is_cpu
-            for t in (running_mean, running_var, weight, bias):
-                if t is not None and (type(t) not in _PLAIN or t.dtype is not dt or t.numel() != c
-                                      or t.is_cpu is not cpu or (not cpu and t.device != input.device)):
-                    break
-            else:
-                if (eps > 0.0 and input.numel() >= 2 * c) if training else eps >= 0.0:
-                    return
+    if plain_call(input, running_mean, running_var, weight, bias, training, eps):
+        return
     if not isinstance(input, torch.Tensor):
         raise BatchNormInputTypeError(f"batch_norm: input must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
@@ -228,13 +251,22 @@ def batch_norm_eval(input, mean, var, weight, bias, eps):
 
 def _onnx_capture() -> bool:
     """True while the ONNX exporter (``dynamo=True``) captures a graph with ``torch.export``."""
-    flags = _ONNX_FLAGS[0]
-    if flags is None:                                                # torch.onnx not imported (yet)
+    return _onnx_flag()() and not _is_tracing()
+
+
+def _onnx_flag():
+    """The exporter's "is it running" test (a callable); a constant False until torch.onnx is imported."""
+    flag = _ONNX_FLAGS[0]
+    if flag is None:
         onnx = sys.modules.get("torch.onnx")
-        if onnx is None:
-            return False
-        flags = _ONNX_FLAGS[0] = _onnx_flags(onnx)
-    return flags() and not torch.jit.is_tracing()
+        if onnx is None:                                             # torch.onnx not imported (yet)
+            return _false
+        flag = _ONNX_FLAGS[0] = _onnx_flags(onnx)
+    return flag
+
+
+def _false() -> bool:
+    return False
 
 
 def _onnx_flags(onnx):

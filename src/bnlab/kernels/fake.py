@@ -42,6 +42,11 @@ def _backward(grad_out, input, weight, bias, mean, var, eps, act, act_param, out
 
 
 def _eval(input, running_mean, running_var, weight, bias, eps, act, act_param):
+    # a CPU input beside a meta statistic dispatches here: refused, as the CPU kernel refuses what
+    # check_input refuses (a layer's eager eval forward relies on it, see _BatchNorm.forward)
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"bnlab: bn_eval got a (C,) tensor on {t.device} beside an input on {input.device}")
     return torch.empty_like(input)
 
 

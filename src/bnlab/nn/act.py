@@ -155,6 +155,9 @@ class _BatchNormAct:
         self._note_guard(ok)
         return y
 
+    _forward_impl._direct = True                                    # _BatchNorm.forward's direct path does this
+    _direct_act = staticmethod(act_spec)
+
     def _scripted_forward(self, input: Tensor) -> Tensor:
         """The forward TorchScript compiles: the same policy and operators, with the activation.
 

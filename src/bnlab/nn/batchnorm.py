@@ -15,14 +15,18 @@ import warnings
 import torch
 import torch.fx
 from torch import Tensor, nn
+from torch.autograd import forward_ad as _fwAD
 
 from .. import functional as F
+from .. import kernels as K
 from .._stats import count_per_channel
 from ..errors import BatchNormInputTypeError
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _TorchBatchNorm = nn.modules.batchnorm._BatchNorm
+_IDENTITY, _UNFUSED, _COMPILED = ("identity", 0.0), ("", 0.0), ("compiled", "cpu")
+_E_eval, _is_compiling, _functorch_active = K._E_eval, K._is_compiling, K._functorch_active
 
 
 def _forward(module: nn.Module, input: Tensor) -> Tensor:
@@ -92,6 +96,20 @@ def _layer_forward(input: Tensor, weight, bias, running_mean, running_var, num_b
         return F.batch_norm_train(input, weight, bias, eps)[0], None
     return F.batch_norm_train_tracked(input, weight, bias, running_mean, running_var, num_batches_tracked,
                                       momentum, eps, guard)
+
+
+def _eval_unchecked(input: Tensor, rm: Tensor, rv: Tensor, weight, bias, eps: float, act: str, act_param: float):
+    """``bnlab::bn_eval``'s compiled CPU kernel on unchecked arguments: its output, or None if it refuses them.
+
+    The kernel refuses every argument :func:`bnlab.functional.check_input` refuses (it raises
+    before writing anything); the caller then takes the checking path, which raises bnlab's error.
+    """
+    try:
+        y = _E_eval(input, rm, rv, weight, bias, eps, act, act_param)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    K._COUNTS[_COMPILED] += 1
+    return y
 
 
 @fx_leaf
@@ -181,14 +199,53 @@ class _BatchNorm(_TorchBatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return self._scripted_forward(input)
+        if (self._direct and type(input) is Tensor and input.is_cpu and self.use_batch_stats is None
+                and self.update_running_stats is None and input.dim() in self._ranks):
+            # the plain eager CPU call in the default policy, in this frame: what _forward_impl does for
+            # it. After a convolution has flushed the caches every Python frame, attribute and check
+            # between Module.__call__ and the operator costs (docs/kernels.md, "Per call")
+            bufs, params = self._buffers, self._parameters
+            rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
+            spec = self._direct_act                                  # BatchNormAct: the activation as it is now
+            kind, p = _IDENTITY if spec is None else (spec(self._modules["act"]) or _UNFUSED)
+            if not self.training and rm is not None:
+                # Alg. 2 by the compiled kernel, which refuses what check_input refuses (sizes, dtypes,
+                # eps; devices by dispatch): on a refusal the general path below raises the error
+                if (kind and not (rm.requires_grad or rv.requires_grad) and not _is_compiling()
+                        and _fwAD._current_level < 0 and not _functorch_active()
+                        and (K._state["cpu_key"] or K._cpu_key()) == _COMPILED):
+                    y = _eval_unchecked(input, rm, rv, w, b, self.eps, kind, p)
+                    if y is not None:
+                        return y
+            elif (kind and (spec is None or not self.inplace)
+                  and F.plain_call(input, rm, rv, w, b, True, self.eps)):
+                # Alg. 1 (and the running-statistics update, guarded, when this layer tracks them)
+                if rm is None or not (self.training and self.track_running_stats):
+                    return K.bn_train(input, w, b, None, None, None, self.momentum, self.eps, False, kind, p)[0]
+                guard = self.nonfinite_guard
+                y, _, _, ok = K.bn_train(input, w, b, rm, rv, bufs.get("num_batches_tracked"), self.momentum,
+                                         self.eps, guard, kind, p)
+                if guard and not ok.item():
+                    self._count_skipped(stacklevel=2)
+                return y
         if _is_fx_root(self, input):
             return _fx_root_forward(self, input)
         return _forward(self, input)
 
+    # forward's direct path: set per class (__init_subclass__) when its forward is _BatchNorm's
+    # plain one (BatchNormAct's too: _direct_act then reads the act module's spec per call)
+    _direct: bool = False
+    _direct_act = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._direct = (getattr(cls._forward_impl, "_direct", False) and _plain_rank_check(cls)
+                       and cls._batch_stats_policy is _BatchNorm._batch_stats_policy
+                       and cls._updates_running_stats is _BatchNorm._updates_running_stats)
+
     def _fx_plain_ranks(self) -> bool:
         """True when the rank check is one of the ``_Input*d`` mixins' (described by ``_ranks``)."""
-        return type(self)._check_input_dim in (_Input1d._check_input_dim, _Input2d._check_input_dim,
-                                               _Input3d._check_input_dim)
+        return _plain_rank_check(type(self))
 
     def _fx_state(self) -> tuple:
         """``(weight, bias, running_mean, running_var, num_batches_tracked)``, each a tensor or None."""
@@ -219,6 +276,8 @@ class _BatchNorm(_TorchBatchNorm):
         if ok is not None and self.nonfinite_guard and F.is_concrete(ok) and not ok.item():
             self._count_skipped(stacklevel=4)                         # as _note_guard, one frame less
         return y
+
+    _forward_impl._direct = True                                    # forward's direct path does this
 
     def _note_guard(self, ok: Tensor) -> None:
         """Count (and warn once about) a batch the guard kept out of the running statistics.
@@ -384,6 +443,11 @@ def _dim_error(input, allowed: tuple[int, ...]) -> None:
     if input.dim() not in allowed:
         want = " or ".join(f"{d}D" for d in allowed)
         raise ValueError(f"expected {want} input (got {input.dim()}D input)")
+
+
+def _plain_rank_check(cls) -> bool:
+    """True when ``cls``'s rank check is one of the ``_Input*d`` mixins' (described by ``_ranks``)."""
+    return cls._check_input_dim in (_Input1d._check_input_dim, _Input2d._check_input_dim, _Input3d._check_input_dim)
 
 
 class _Input1d:

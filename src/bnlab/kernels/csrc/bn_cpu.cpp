@@ -40,6 +40,15 @@ void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
 
 bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
+// bnlab's dtype rule for the (C,) tensors of a call (functional.check_input's): the input's
+// dtype, or float32 beside a float16/bfloat16 input
+void check_vec_dtype(const optional<Tensor>& t, const Tensor& x, const char* name) {
+  if (!has(t)) return;
+  const auto dt = t->scalar_type(), xt = x.scalar_type();
+  TORCH_CHECK(dt == xt || (dt == at::kFloat && (xt == at::kHalf || xt == at::kBFloat16)),
+              "bnlab: mixed dtype: ", name, " has dtype ", dt, " but the input has dtype ", xt);
+}
+
 // p[i·st] of a (C,) tensor of any floating dtype as double (``fill`` when absent), for i < C
 struct VecReader {
   const void* p = nullptr;
@@ -323,6 +332,14 @@ Tensor bn_eval_cpu(const Tensor& x, const Tensor& rm, const Tensor& rv, const op
   check_vec(rv, C, "running_var");
   check_vec(w, C, "weight");
   check_vec(b, C, "bias");
+  // every argument check_input refuses is refused here too (before anything is written): a
+  // layer's eager eval forward calls this kernel unchecked and takes the checking path only
+  // when it raises (_BatchNorm.forward)
+  check_vec_dtype(rm, x, "running_mean");
+  check_vec_dtype(rv, x, "running_var");
+  check_vec_dtype(w, x, "weight");
+  check_vec_dtype(b, x, "bias");
+  TORCH_CHECK(eps >= 0.0, "bnlab: eps must be non-negative in evaluation, got ", eps);
   const Act a = parse_act(act);
   Geometry g;
   Tensor xd = dense_input(x, g), target;
