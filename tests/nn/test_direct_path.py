@@ -118,6 +118,7 @@ def _bad_eval_cases():
         ("integer input", lambda m: None, torch.ones(4, 5, 3, 3, dtype=torch.long),
          bnlab.errors.BatchNormUnsupportedDTypeError),
         ("meta running_mean", lambda m: setattr(m, "running_mean", torch.zeros(5, device="meta")), x, RuntimeError),
+        ("running_var None", lambda m: setattr(m, "running_var", None), x, ValueError),
     ]
 
 

@@ -208,7 +208,7 @@ class _BatchNorm(_TorchBatchNorm):
             rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
             spec = self._direct_act                                  # BatchNormAct: the activation as it is now
             kind, p = _IDENTITY if spec is None else (spec(self._modules["act"]) or _UNFUSED)
-            if not self.training and rm is not None:
+            if not self.training and rm is not None and rv is not None:
                 # Alg. 2 by the compiled kernel, which refuses what check_input refuses (sizes, dtypes,
                 # eps; devices by dispatch): on a refusal the general path below raises the error
                 if (kind and not (rm.requires_grad or rv.requires_grad) and not _is_compiling()
