@@ -56,10 +56,11 @@ def _has_tangent(t) -> bool:
 
 
 def _all_match(input, c, tensors) -> bool:
-    """True when every non-None tensor of ``tensors`` has ``c`` elements, ``input``'s dtype and device."""
+    """True when every non-None tensor of ``tensors`` is 1-D of ``c`` elements, of ``input``'s dtype and device."""
     dt, dev = input.dtype, input.device
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or t.numel() != c or t.dtype is not dt or t.device != dev):
+        if t is not None and (type(t) not in _PLAIN or t.numel() != c or t.dim() != 1 or t.dtype is not dt
+                              or t.device != dev):
             return False
     return True
 
@@ -91,7 +92,8 @@ def plain_call(input, running_mean, running_var, weight, bias, training, eps) ->
     c, dt, cpu = shape[1], input.dtype, input.is_cpu
     for t in (running_mean, running_var, weight, bias):
         if t is not None and (type(t) not in _PLAIN or (t.dtype is not dt and not (t.dtype is _F32 and dt in _HALF))
-                              or t.numel() != c or t.is_cpu is not cpu or (not cpu and t.device != input.device)):
+                              or t.numel() != c or t.dim() != 1 or t.is_cpu is not cpu
+                              or (not cpu and t.device != input.device)):
             return False
     if not ((eps > 0.0 and input.numel() >= 2 * c) if training else eps >= 0.0):
         return False
@@ -146,6 +148,10 @@ def check_input(input, running_mean=None, running_var=None, weight=None, bias=No
             raise BatchNormShapeError(
                 f"batch_norm: {name} should contain {c} elements not {t.numel()}: the input has "
                 f"{c} channels (dim 1) but {name} has {t.numel()} (check num_features)"
+            )
+        if t.dim() != 1:
+            raise BatchNormShapeError(
+                f"batch_norm: {name} should be a 1-D tensor of {c} elements, got shape {tuple(t.shape)}"
             )
         if t.device != input.device:
             raise RuntimeError(

@@ -210,3 +210,99 @@ def test_direct_path_counts_the_compiled_kernels(backend):
     layer.eval()(x)
     want = ("compiled", "cpu") if backend == "compiled" else ("reference", "backend")
     assert K.path_counts() == {want: 2}
+
+
+# ----------------------------------------------------------------------------- layers whose tensors are computed
+@pytest.mark.parametrize("how", ["prune", "parametrize"])
+@pytest.mark.parametrize("act", [None, "relu"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_pruned_and_parametrized_weights_are_used(how, act, mode):
+    """torch.nn.utils.prune / parametrize replace ``weight`` by a computed tensor: both paths use it."""
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(3)
+    ref = nn.BatchNorm2d(6)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0)
+        ref.bias.uniform_(-1, 1)
+    ours = bnlab.BatchNorm2d(6) if act is None else bnlab.BatchNormAct2d(6, act=act)
+    ours.load_state_dict(ref.state_dict())
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    for m in (ref, ours):
+        if how == "prune":
+            prune.l1_unstructured(m, "weight", amount=0.5)
+        else:
+            parametrize.register_parametrization(m, "weight", Double())
+        m.train(mode == "train")
+    x = torch.randn(4, 6, 3, 3)
+    want = ref(x) if act is None else torch.relu(ref(x))
+    torch.testing.assert_close(ours(x), want)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+
+
+@pytest.mark.parametrize("name", ["running_mean", "weight"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_two_dimensional_statistic_or_parameter_is_refused(name, mode):
+    """A (1, C) tensor has C elements but is not (C,): refused in one line, nothing written."""
+    layer = bnlab.BatchNorm2d(3).train(mode == "train")
+    bad = torch.zeros(1, 12)[:, :3]                                  # stride 12: reading it as (C,) overruns
+    if name == "weight":
+        layer.weight = nn.Parameter(bad.clone())
+    else:
+        layer.running_mean = bad
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(bnlab.errors.BatchNormShapeError, match="1-D tensor of 3 elements"):
+        layer(torch.randn(4, 3, 2, 2))
+    for k, v in before.items():
+        assert torch.equal(layer.state_dict()[k], v)
+    with pytest.raises(RuntimeError, match="1-D"):                  # the kernels refuse it too
+        torch.ops.bnlab.bn_eval(torch.randn(4, 3, 2, 2), bad, torch.ones(3), None, None, 1e-5, "identity", 0.0)
+
+
+def test_a_meta_counter_beside_a_cpu_input_is_refused():
+    """A CPU input beside a meta tensor dispatches to the fake kernel, which must not pass for a result."""
+    layer = bnlab.BatchNorm2d(3)
+    layer.num_batches_tracked = torch.zeros((), dtype=torch.long, device="meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        layer(torch.randn(4, 3, 2, 2))
+
+
+def test_wrapped_and_instance_overrides_take_the_general_path(general_calls):
+    """An override made with functools.wraps (or torch.no_grad()(...)), or set on an instance, is honoured."""
+    class NoGrad(bnlab.BatchNorm2d):
+        _forward_impl = torch.no_grad()(bnlab.BatchNorm2d._forward_impl)
+
+    assert NoGrad._direct is False
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    assert not NoGrad(3)(x).requires_grad
+
+    layer = bnlab.BatchNorm2d(3)
+    calls = []
+
+    def refuse(input):
+        calls.append(input.dim())
+        raise ValueError("refused by the instance's own check")
+
+    layer._check_input_dim = refuse
+    with pytest.raises(ValueError, match="instance's own check"):
+        layer(x)
+    assert calls == [4]
+
+    class Noted(bnlab.BatchNormAct2d):
+        def _note_guard(self, ok):
+            self.noted = True
+            super()._note_guard(ok)
+
+    assert Noted._direct is False
+    noted = Noted(3)
+    bad = torch.randn(4, 3, 2, 2)
+    bad[0, 0, 0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        noted(bad)
+    assert noted.noted and noted.skipped_batches == 1

@@ -27,12 +27,22 @@ def _grads(x, weight, bias, output_mask):
     return dx, dw, db
 
 
+def _same_device(op: str, input, *tensors) -> None:
+    """Refuse a tensor on another device than the input: a CPU input beside a meta tensor
+    dispatches here, and an uninitialised output must not pass for a result."""
+    for t in tensors:
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"bnlab: {op} got a tensor on {t.device} beside an input on {input.device}")
+
+
 def _train(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, guard, act, act_param):
+    _same_device("bn_train", input, weight, bias, running_mean, running_var, num_batches_tracked)
     sd = stats_dtype(input.dtype)
     return torch.empty_like(input), _vec(input, sd), _vec(input, sd), input.new_empty((), dtype=torch.bool)
 
 
 def _train_(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, guard, act, act_param):
+    _same_device("bn_train_", input, weight, bias, running_mean, running_var, num_batches_tracked)
     sd = stats_dtype(input.dtype)
     return _vec(input, sd), _vec(input, sd), input.new_empty((), dtype=torch.bool)
 
@@ -42,11 +52,9 @@ def _backward(grad_out, input, weight, bias, mean, var, eps, act, act_param, out
 
 
 def _eval(input, running_mean, running_var, weight, bias, eps, act, act_param):
-    # a CPU input beside a meta statistic dispatches here: refused, as the CPU kernel refuses what
-    # check_input refuses (a layer's eager eval forward relies on it, see _BatchNorm.forward)
-    for t in (running_mean, running_var, weight, bias):
-        if t is not None and t.device != input.device:
-            raise RuntimeError(f"bnlab: bn_eval got a (C,) tensor on {t.device} beside an input on {input.device}")
+    # the CPU kernel refuses what check_input refuses, and a layer's eager eval forward relies on
+    # it (_BatchNorm.forward): the device is refused here
+    _same_device("bn_eval", input, running_mean, running_var, weight, bias)
     return torch.empty_like(input)
 
 

@@ -26,6 +26,28 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _TorchBatchNorm = nn.modules.batchnorm._BatchNorm
 _IDENTITY, _UNFUSED, _COMPILED = ("identity", 0.0), ("", 0.0), ("compiled", "cpu")
+_MISSING = object()
+_STATE_NAMES = ("running_mean", "running_var", "weight", "bias")
+# the _forward_impl functions _BatchNorm.forward's direct path stands in for (_BatchNorm's, BatchNormAct's)
+_DIRECT_IMPLS: set = set()
+# methods that, set on an instance, take that layer off the direct path
+_DIRECT_HOOKS = frozenset({"_forward_impl", "_check_input_dim", "_batch_stats_policy", "_updates_running_stats",
+                           "_note_guard", "_count_skipped"})
+
+
+def _layer_tensors(module: nn.Module) -> tuple:
+    """``(running_mean, running_var, weight, bias)`` as the layer's forward uses them.
+
+    Read from the Module's dicts (``Module.__getattr__`` is slow per call); one that is not in
+    them any more is read as an attribute — ``torch.nn.utils.parametrize`` turns a parameter
+    into a property, ``torch.nn.utils.prune`` into a tensor it sets before each forward.
+    """
+    bufs, params = module._buffers, module._parameters
+    got = (bufs.get("running_mean", _MISSING), bufs.get("running_var", _MISSING),
+           params.get("weight", _MISSING), params.get("bias", _MISSING))
+    if any(t is _MISSING for t in got):
+        got = tuple(getattr(module, n, None) if t is _MISSING else t for n, t in zip(_STATE_NAMES, got))
+    return got
 _E_eval, _is_compiling, _functorch_active = K._E_eval, K._is_compiling, K._functorch_active
 
 
@@ -205,9 +227,12 @@ class _BatchNorm(_TorchBatchNorm):
             # it. After a convolution has flushed the caches every Python frame, attribute and check
             # between Module.__call__ and the operator costs (docs/kernels.md, "Per call")
             bufs, params = self._buffers, self._parameters
-            rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
+            rm, rv = bufs.get("running_mean", _MISSING), bufs.get("running_var", _MISSING)
+            w, b = params.get("weight", _MISSING), params.get("bias", _MISSING)
             spec = self._direct_act                                  # BatchNormAct: the activation as it is now
             kind, p = _IDENTITY if spec is None else (spec(self._modules["act"]) or _UNFUSED)
+            if rm is _MISSING or rv is _MISSING or w is _MISSING or b is _MISSING:
+                kind = ""                                            # parametrized or pruned: the general path
             if not self.training and rm is not None and rv is not None:
                 # Alg. 2 by the compiled kernel, which refuses what check_input refuses (sizes, dtypes,
                 # eps; devices by dispatch): on a refusal the general path below raises the error
@@ -221,7 +246,7 @@ class _BatchNorm(_TorchBatchNorm):
                   and F.plain_call(input, rm, rv, w, b, True, self.eps)):
                 # Alg. 1 (and the running-statistics update, guarded, when this layer tracks them)
                 if rm is None or not (self.training and self.track_running_stats):
-                    return K.bn_train(input, w, b, None, None, None, self.momentum, self.eps, False, kind, p)[0]
+                    return K.bn_train(input, w, b, None, None, None, 0.0, self.eps, False, kind, p)[0]
                 guard = self.nonfinite_guard
                 y, _, _, ok = K.bn_train(input, w, b, rm, rv, bufs.get("num_batches_tracked"), self.momentum,
                                          self.eps, guard, kind, p)
@@ -232,16 +257,26 @@ class _BatchNorm(_TorchBatchNorm):
             return _fx_root_forward(self, input)
         return _forward(self, input)
 
-    # forward's direct path: set per class (__init_subclass__) when its forward is _BatchNorm's
-    # plain one (BatchNormAct's too: _direct_act then reads the act module's spec per call)
+    # forward's direct path: set per class when it is created (__init_subclass__), True when the
+    # class's _forward_impl is _BatchNorm's or BatchNormAct's (_direct_act then reads the act
+    # module's spec per call) and the rank check, policy and guard bookkeeping are the plain
+    # ones; an instance that gets one of those methods set is taken off it (__setattr__). A
+    # method patched on an existing class is not seen: set ``cls._direct = False`` with it.
     _direct: bool = False
     _direct_act = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        cls._direct = (getattr(cls._forward_impl, "_direct", False) and _plain_rank_check(cls)
+        cls._direct = (cls._forward_impl in _DIRECT_IMPLS and _plain_rank_check(cls)
                        and cls._batch_stats_policy is _BatchNorm._batch_stats_policy
-                       and cls._updates_running_stats is _BatchNorm._updates_running_stats)
+                       and cls._updates_running_stats is _BatchNorm._updates_running_stats
+                       and cls._note_guard is _BatchNorm._note_guard
+                       and cls._count_skipped is _BatchNorm._count_skipped)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _DIRECT_HOOKS:
+            object.__setattr__(self, "_direct", False)               # an instance override: the general path
+        super().__setattr__(name, value)
 
     def _fx_plain_ranks(self) -> bool:
         """True when the rank check is one of the ``_Input*d`` mixins' (described by ``_ranks``)."""
@@ -249,9 +284,8 @@ class _BatchNorm(_TorchBatchNorm):
 
     def _fx_state(self) -> tuple:
         """``(weight, bias, running_mean, running_var, num_batches_tracked)``, each a tensor or None."""
-        bufs, params = self._buffers, self._parameters
-        return (params.get("weight"), params.get("bias"), bufs.get("running_mean"), bufs.get("running_var"),
-                bufs.get("num_batches_tracked"))
+        rm, rv, w, b = _layer_tensors(self)
+        return w, b, rm, rv, self._buffers.get("num_batches_tracked")
 
     def _fx_graph_call(self):
         """``(function, args after the input)`` of this layer's bare fx graph, or None (refused).
@@ -266,18 +300,14 @@ class _BatchNorm(_TorchBatchNorm):
 
     def _forward_impl(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        # the registered tensors, read from the Module's dicts once (Module.__getattr__ is slow per call)
-        bufs, params = self._buffers, self._parameters
-        rm, rv, w, b = bufs.get("running_mean"), bufs.get("running_var"), params.get("weight"), params.get("bias")
+        rm, rv, w, b = _layer_tensors(self)
         use_batch = self._batch_stats_policy(rm, rv)
         update = use_batch and self._updates_running_stats()
-        y, ok = _layer_forward(input, w, b, rm, rv, bufs.get("num_batches_tracked"), use_batch, update,
+        y, ok = _layer_forward(input, w, b, rm, rv, self._buffers.get("num_batches_tracked"), use_batch, update,
                                self.momentum, self.eps, self.nonfinite_guard)
         if ok is not None and self.nonfinite_guard and F.is_concrete(ok) and not ok.item():
             self._count_skipped(stacklevel=4)                         # as _note_guard, one frame less
         return y
-
-    _forward_impl._direct = True                                    # forward's direct path does this
 
     def _note_guard(self, ok: Tensor) -> None:
         """Count (and warn once about) a batch the guard kept out of the running statistics.
@@ -390,6 +420,8 @@ class _BatchNorm(_TorchBatchNorm):
         """
         F.update_running_stats(self.running_mean, self.running_var, mean, var, m, factor)
 
+
+_DIRECT_IMPLS.add(_BatchNorm._forward_impl)
 
 _DOC = r"""Batch Normalization over a {ndim} input (Ioffe & Szegedy, 2015).
 

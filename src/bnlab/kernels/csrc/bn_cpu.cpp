@@ -36,6 +36,7 @@ at::ScalarType stats_type(const Tensor& x) {
 void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
   if (!t.has_value() || !t->defined()) return;
   TORCH_CHECK(t->numel() == c, "bnlab: ", name, " should contain ", c, " elements (one per channel), got ", t->numel());
+  TORCH_CHECK(t->dim() <= 1, "bnlab: ", name, " should be a 1-D tensor of ", c, " elements, got shape ", t->sizes());
 }
 
 bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
@@ -57,6 +58,8 @@ struct VecReader {
   double fill = 0;
   VecReader(const optional<Tensor>& t, double f) : fill(f) {
     if (!has(t)) return;
+    // read as p[i·stride(0)]: a tensor of more dimensions would be read out of bounds
+    TORCH_CHECK(t->dim() <= 1, "bnlab: expected a 1-D (C,) tensor, got shape ", t->sizes());
     p = t->const_data_ptr();
     st = t->dim() ? t->stride(0) : 0;
     dt = t->scalar_type();
@@ -187,7 +190,9 @@ Tensor output_for(const Tensor& x, const Tensor& xd, Tensor& target) {
 
 // running ← running + f·(stat − running), in double, cast once to the buffer's dtype
 void ema(Tensor& buf, const DVec& stat, double f) {
-  const int64_t st = buf.stride(0);
+  TORCH_CHECK(buf.dim() <= 1 && buf.numel() == static_cast<int64_t>(stat.size()),
+              "bnlab: a running statistic should be a 1-D tensor of ", stat.size(), " elements, got shape ", buf.sizes());
+  const int64_t st = buf.dim() ? buf.stride(0) : 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buf.scalar_type(), "bnlab_ema", [&] {
     scalar_t* p = buf.data_ptr<scalar_t>();
     for (size_t i = 0; i < stat.size(); ++i) {
