@@ -26,6 +26,7 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _TorchBatchNorm = nn.modules.batchnorm._BatchNorm
 _IDENTITY, _UNFUSED, _COMPILED = ("identity", 0.0), ("", 0.0), ("compiled", "cpu")
+_E_eval, _is_compiling, _functorch_active = K._E_eval, K._is_compiling, K._functorch_active
 _MISSING = object()
 _STATE_NAMES = ("running_mean", "running_var", "weight", "bias")
 # the _forward_impl functions _BatchNorm.forward's direct path stands in for (_BatchNorm's, BatchNormAct's)
@@ -48,7 +49,6 @@ def _layer_tensors(module: nn.Module) -> tuple:
     if any(t is _MISSING for t in got):
         got = tuple(getattr(module, n, None) if t is _MISSING else t for n, t in zip(_STATE_NAMES, got))
     return got
-_E_eval, _is_compiling, _functorch_active = K._E_eval, K._is_compiling, K._functorch_active
 
 
 def _forward(module: nn.Module, input: Tensor) -> Tensor:
@@ -225,7 +225,7 @@ class _BatchNorm(_TorchBatchNorm):
                 and self.update_running_stats is None and input.dim() in self._ranks):
             # the plain eager CPU call in the default policy, in this frame: what _forward_impl does for
             # it. After a convolution has flushed the caches every Python frame, attribute and check
-            # between Module.__call__ and the operator costs (docs/kernels.md, "Per call")
+            # between Module.__call__ and the operator costs (docs/kernels.md, "The layers' direct path")
             bufs, params = self._buffers, self._parameters
             rm, rv = bufs.get("running_mean", _MISSING), bufs.get("running_var", _MISSING)
             w, b = params.get("weight", _MISSING), params.get("bias", _MISSING)
