@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Example: bnlab bench --preset quick --out runs/bench-quick   (a smoke run, ~1 min)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                        help="full: the target shapes (~10+ min); quick: a smoke run; tiny: seconds, for tests")
+                        help="full: the target shapes (~1–2 min on 2 idle cores); quick: a smoke run; tiny: seconds, for tests")
     parser.add_argument("--out", default="runs/bench", help="run folder for config.json, results.json, table.md, speedup.png")
     parser.add_argument("--child-layers", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     add_config_flags(parser, BenchConfig, PRESETS["full"])
