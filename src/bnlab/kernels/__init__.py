@@ -173,6 +173,7 @@ _E_train, _E_eval = _T_train._op, _T_eval._op
 # these function objects by identity, so the aliases trace as the originals)
 _is_compiling = torch.compiler.is_compiling
 _functorch_active = torch._C._are_functorch_transforms_active
+_COMPILED_CPU = ("compiled", "cpu")
 
 
 def _primal(t):
@@ -233,6 +234,28 @@ def bn_eval(x, running_mean, running_var, weight, bias, eps, act="identity", act
         return reference.bn_eval(x, running_mean.detach(), running_var.detach(), weight, bias, eps, act, act_param)
     op = _T_eval if torch.compiler.is_compiling() else _E_eval
     return op(x, running_mean, running_var, weight, bias, eps, act, act_param)
+
+
+def bn_eval_unchecked(x, running_mean, running_var, weight, bias, eps, act="identity", act_param=0.0):
+    """:func:`bn_eval` by the compiled CPU kernel without Python checks, or None.
+
+    None when the call is not a plain eager one on the compiled kernels (then nothing ran), or
+    when the kernel refuses the arguments — it refuses everything
+    :func:`bnlab.functional.check_input` refuses, before it writes anything; the caller then
+    takes its checking path, which raises bnlab's error. A layer's eval forward
+    (``_BatchNorm.forward``) uses it to skip the checks' Python.
+    """
+    if _is_compiling() or _fwAD._current_level >= 0 or not x.is_cpu or _functorch_active():
+        return None
+    key = _state["cpu_key"] or _cpu_key()
+    if key != _COMPILED_CPU:
+        return None
+    try:
+        y = _E_eval(x, running_mean, running_var, weight, bias, eps, act, act_param)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    _COUNTS[key] += 1
+    return y
 
 
 def bn_stats(x):

@@ -15,7 +15,6 @@ import warnings
 import torch
 import torch.fx
 from torch import Tensor, nn
-from torch.autograd import forward_ad as _fwAD
 
 from .. import functional as F
 from .. import kernels as K
@@ -25,8 +24,7 @@ from ..errors import BatchNormInputTypeError
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _TorchBatchNorm = nn.modules.batchnorm._BatchNorm
-_IDENTITY, _UNFUSED, _COMPILED = ("identity", 0.0), ("", 0.0), ("compiled", "cpu")
-_E_eval, _is_compiling, _functorch_active = K._E_eval, K._is_compiling, K._functorch_active
+_IDENTITY, _UNFUSED = ("identity", 0.0), ("", 0.0)
 _MISSING = object()
 _STATE_NAMES = ("running_mean", "running_var", "weight", "bias")
 # the _forward_impl functions _BatchNorm.forward's direct path stands in for (_BatchNorm's, BatchNormAct's)
@@ -46,7 +44,7 @@ def _layer_tensors(module: nn.Module) -> tuple:
     bufs, params = module._buffers, module._parameters
     got = (bufs.get("running_mean", _MISSING), bufs.get("running_var", _MISSING),
            params.get("weight", _MISSING), params.get("bias", _MISSING))
-    if any(t is _MISSING for t in got):
+    if got[0] is _MISSING or got[1] is _MISSING or got[2] is _MISSING or got[3] is _MISSING:
         got = tuple(getattr(module, n, None) if t is _MISSING else t for n, t in zip(_STATE_NAMES, got))
     return got
 
@@ -118,20 +116,6 @@ def _layer_forward(input: Tensor, weight, bias, running_mean, running_var, num_b
         return F.batch_norm_train(input, weight, bias, eps)[0], None
     return F.batch_norm_train_tracked(input, weight, bias, running_mean, running_var, num_batches_tracked,
                                       momentum, eps, guard)
-
-
-def _eval_unchecked(input: Tensor, rm: Tensor, rv: Tensor, weight, bias, eps: float, act: str, act_param: float):
-    """``bnlab::bn_eval``'s compiled CPU kernel on unchecked arguments: its output, or None if it refuses them.
-
-    The kernel refuses every argument :func:`bnlab.functional.check_input` refuses (it raises
-    before writing anything); the caller then takes the checking path, which raises bnlab's error.
-    """
-    try:
-        y = _E_eval(input, rm, rv, weight, bias, eps, act, act_param)
-    except (RuntimeError, ValueError, TypeError):
-        return None
-    K._COUNTS[_COMPILED] += 1
-    return y
 
 
 @fx_leaf
@@ -235,11 +219,9 @@ class _BatchNorm(_TorchBatchNorm):
                 kind = ""                                            # parametrized or pruned: the general path
             if not self.training and rm is not None and rv is not None:
                 # Alg. 2 by the compiled kernel, which refuses what check_input refuses (sizes, dtypes,
-                # eps; devices by dispatch): on a refusal the general path below raises the error
-                if (kind and not (rm.requires_grad or rv.requires_grad) and not _is_compiling()
-                        and _fwAD._current_level < 0 and not _functorch_active()
-                        and (K._state["cpu_key"] or K._cpu_key()) == _COMPILED):
-                    y = _eval_unchecked(input, rm, rv, w, b, self.eps, kind, p)
+                # eps; devices by dispatch): on a refusal (None) the general path below raises the error
+                if kind and not (rm.requires_grad or rv.requires_grad):
+                    y = K.bn_eval_unchecked(input, rm, rv, w, b, self.eps, kind, p)
                     if y is not None:
                         return y
             elif (kind and (spec is None or not self.inplace)
