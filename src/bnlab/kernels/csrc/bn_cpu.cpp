@@ -591,7 +591,11 @@ std::tuple<Tensor, Tensor> param_grads(const Tensor& x, const optional<Tensor>& 
   if (mask[1] && has(w)) {
     // Σ dz·x̂ = invstd·Σ dz·(x − μ); an empty batch (NaN statistics) has a zero gradient
     DVec v(s.dz_u);
-    for (size_t c = 0; c < v.size(); ++c) v[c] = x.numel() == 0 ? 0.0 : v[c] * invstd[c];
+    if (x.numel() == 0) {
+      std::fill(v.begin(), v.end(), 0.0);
+    } else {
+      for (size_t c = 0; c < v.size(); ++c) v[c] *= invstd[c];
+    }
     dw = make_vec(x, w->scalar_type(), v);
   } else {
     dw = at::empty({0}, x.options().dtype(sd));
