@@ -222,6 +222,63 @@ def test_channel_innermost_sums_cover_every_row_and_channel(dtype, threads, back
         torch.set_num_threads(previous)
 
 
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a (C,) view with stride 3."""
+    return torch.stack([torch.full_like(t, 7.0), t, torch.full_like(t, -7.0)], dim=1)[:, 1]
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+@pytest.mark.parametrize("params", ["strided", "float64-stats"])
+@pytest.mark.parametrize("shape", [(6, 70), (3, 9, 4, 5)], ids=["2d", "4d"])
+def test_per_channel_readers_agree_on_any_parameter_layout(shape, params, affine, backend):
+    """γ, β and the running statistics as strided views, or statistics of another dtype,
+    read and written exactly as the contiguous float32 tensors of the same values are.
+
+    Oracle: the same call with contiguous float32 parameters (the kernels read each (C,)
+    tensor directly when it is unit-stride of the input's dtype, through a general reader
+    otherwise; both must give the same doubles), and torch's batch_norm for the values.
+    """
+    torch.manual_seed(0)
+    c = shape[1]
+    x = torch.randn(shape) * 2 + 1
+    dy = torch.randn(shape)
+    w, b = (torch.rand(c) + 0.5, torch.randn(c)) if affine else (None, None)
+    rm0, rv0 = torch.randn(c), torch.rand(c) + 0.5
+
+    def run(w, b, rm, rv):
+        xg = x.clone().requires_grad_()
+        wg = w.clone().requires_grad_() if w is not None else None
+        bg = b.clone().requires_grad_() if b is not None else None
+        y, mean, var, ok = K.bn_train(xg, wg, bg, rm, rv, None, 0.1, 1e-5, True, "leaky_relu", 0.1)
+        y.backward(dy)
+        e = K.bn_eval(x, rm.float() if rm.dtype != torch.float32 else rm, rv.float() if rv.dtype != torch.float32 else rv,
+                      w, b, 1e-5, "relu", 0.0)
+        grads = [xg.grad] + ([wg.grad, bg.grad] if affine else [])
+        return [y.detach(), mean, var, rm.clone(), rv.clone(), e] + grads
+
+    ref = run(w, b, rm0.clone(), rv0.clone())
+    if params == "strided":
+        other = run(_strided(w) if affine else None, _strided(b) if affine else None, _strided(rm0), _strided(rv0))
+    else:                                                            # running statistics in float64
+        rm64, rv64 = rm0.double(), rv0.double()
+        other = run(w, b, rm64, rv64)
+        # the update is formed in double and rounded once to each buffer's dtype
+        torch.testing.assert_close(other[3].float(), ref[3], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(other[4].float(), ref[4], rtol=1e-6, atol=1e-7)
+        other[3], other[4] = ref[3], ref[4]
+        other[5] = ref[5] = None                                      # eval refuses float64 stats beside float32 x
+    for i, (a, o) in enumerate(zip(ref, other)):
+        if a is not None:
+            assert torch.equal(a, o), f"output {i} differs"
+    # and the values are torch's
+    rm_t, rv_t = rm0.clone(), rv0.clone()
+    y_t = TF.leaky_relu(TF.batch_norm(x, rm_t, rv_t, w, b, True, 0.1, 1e-5), 0.1)
+    tol = tolerances(torch.float32)
+    torch.testing.assert_close(ref[0], y_t, **tol)
+    torch.testing.assert_close(ref[3], rm_t, **tol)
+    torch.testing.assert_close(ref[4], rv_t, **tol)
+
+
 def test_expanded_gradient_and_empty_batch(backend):
     """dy with stride 0 (from .sum()) is read correctly; an empty batch gives an empty output."""
     x = torch.randn(4, 3, 5, requires_grad=True)
