@@ -89,9 +89,11 @@ def test_other_sections(tiny_run):
         assert s[key]["batchnorm_layers"] == 20
         for p in s[key]["peers"].values():
             _check_summary(p)
-    e = s["end_to_end"]
-    assert set(e["peers"]) == {"torch", "bnlab", "bnlab_act", "no_bn"}
-    assert e["bn_share_of_torch_step"] == pytest.approx(1 - 1 / e["ceiling"]["median"])
+    for key in ("batch1", "end_to_end"):
+        e = s[key]
+        assert set(e["peers"]) == {"torch", "bnlab", "bnlab_act", "no_bn"}
+        assert set(e["speedup"]) == {"bnlab", "bnlab_act"}             # the ceiling is not a peer's speedup
+        assert e["bn_share_of_torch_step"] == pytest.approx(1 - 1 / e["ceiling"]["median"])
 
 
 def test_targets_and_machine(tiny_run):
