@@ -292,6 +292,25 @@ def test_expanded_gradient_and_empty_batch(backend):
     assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))
 
 
+@pytest.mark.parametrize("slot", ["weight", "bias", "running_mean", "running_var"])
+def test_refused_training_call_leaves_the_buffers_as_they_were(slot, backend):
+    """A (C,) tensor of an integer dtype is refused in one line before anything is written:
+    the running statistics and num_batches_tracked keep their values (the compiled kernel
+    used to update them, then raise on the integer tensor)."""
+    c = 3
+    args = {"weight": torch.ones(c), "bias": torch.zeros(c), "running_mean": torch.randn(c),
+            "running_var": torch.rand(c) + 0.5}
+    args[slot] = args[slot].to(torch.int64)
+    nbt = torch.tensor(5)
+    before = {k: v.clone() for k, v in args.items()}
+    with pytest.raises(RuntimeError, match=f"bnlab: {slot} should be a float64, float32, float16 or bfloat16 tensor"):
+        torch.ops.bnlab.bn_train(torch.randn(4, c), args["weight"], args["bias"], args["running_mean"],
+                                 args["running_var"], nbt, 0.1, 1e-5, True, "identity", 0.0)
+    assert int(nbt) == 5
+    for k in args:
+        assert torch.equal(args[k], before[k]), k
+
+
 def test_bad_arguments_raise_clear_errors(backend):
     x = torch.randn(4, 3, 5)
     with pytest.raises(RuntimeError, match="weight should contain 3 elements"):

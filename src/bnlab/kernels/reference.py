@@ -81,8 +81,18 @@ def _check(x, **vectors):
         raise RuntimeError(f"bnlab: expected an input (N, C, *) with at least 2 dimensions, got {x.dim()}")
     c = x.shape[1]
     for name, t in vectors.items():
-        if t is not None and t.numel() != c:
+        if t is None:
+            continue
+        if t.numel() != c:
             raise RuntimeError(f"bnlab: {name} should contain {c} elements (one per channel), got {t.numel()}")
+        if t.dim() > 1:
+            raise RuntimeError(f"bnlab: {name} should be a 1-D tensor of {c} elements, got shape {list(t.shape)}")
+        if t.dtype not in _VEC_DTYPES:
+            raise RuntimeError(f"bnlab: {name} should be a float64, float32, float16 or bfloat16 tensor, "
+                               f"got {str(t.dtype).replace('torch.', '')}")
+
+
+_VEC_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _empty(x, dtype=None):

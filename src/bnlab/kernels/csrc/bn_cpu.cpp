@@ -40,6 +40,10 @@ void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
   if (!t.has_value() || !t->defined()) return;
   TORCH_CHECK(t->numel() == c, "bnlab: ", name, " should contain ", c, " elements (one per channel), got ", t->numel());
   TORCH_CHECK(t->dim() <= 1, "bnlab: ", name, " should be a 1-D tensor of ", c, " elements, got shape ", t->sizes());
+  // here, before a kernel writes anything: a refused call leaves the running statistics as they were
+  const auto dt = t->scalar_type();
+  TORCH_CHECK(dt == at::kDouble || dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "bnlab: ", name, " should be a float64, float32, float16 or bfloat16 tensor, got ", dt);
 }
 
 bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
