@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "FLOATING",
     "reduce_dims",
     "count_per_channel",
     "compute_dtype",
@@ -25,6 +26,10 @@ __all__ = [
     "unbiased_from_biased",
     "broadcast_shape",
 ]
+
+
+# the floating dtypes bnlab computes in (inputs, parameters, statistics)
+FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from . import kernels as K
 from .errors import (BatchNormDTypeError, BatchNormInputTypeError, BatchNormRankError, BatchNormShapeError,
                      BatchNormStateError, BatchNormUnsupportedDTypeError)
-from ._stats import channel_mean_var, count_per_channel, stats_dtype, unbiased_from_biased
+from ._stats import FLOATING as _FLOATING, channel_mean_var, count_per_channel, stats_dtype, unbiased_from_biased
 
 __all__ = [
     "batch_norm", "check_input", "update_running_stats", "batch_norm_train", "batch_norm_eval",
@@ -28,7 +28,6 @@ __all__ = [
 
 _HALF = (torch.float16, torch.bfloat16)
 _F32 = torch.float32
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)                # tensor types without a __torch_function__ override
 
 

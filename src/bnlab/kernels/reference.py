@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from .._stats import broadcast_shape, channel_mean_var, compute_dtype, count_per_channel, reduce_dims, stats_dtype
+from .._stats import (FLOATING, broadcast_shape, channel_mean_var, compute_dtype, count_per_channel, reduce_dims,
+                     stats_dtype)
 
 F64 = torch.float64
 
@@ -87,12 +88,10 @@ def _check(x, **vectors):
             raise RuntimeError(f"bnlab: {name} should contain {c} elements (one per channel), got {t.numel()}")
         if t.dim() > 1:
             raise RuntimeError(f"bnlab: {name} should be a 1-D tensor of {c} elements, got shape {list(t.shape)}")
-        if t.dtype not in _VEC_DTYPES:
+        if t.dtype not in FLOATING:
             raise RuntimeError(f"bnlab: {name} should be a float64, float32, float16 or bfloat16 tensor, "
                                f"got {str(t.dtype).replace('torch.', '')}")
 
-
-_VEC_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _empty(x, dtype=None):

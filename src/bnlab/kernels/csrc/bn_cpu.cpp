@@ -36,14 +36,18 @@ at::ScalarType stats_type(const Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// the dtypes a (C,) tensor may have (those VecReader reads)
+bool vec_dtype(at::ScalarType dt) {
+  return dt == at::kDouble || dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16;
+}
+
 void check_vec(const optional<Tensor>& t, int64_t c, const char* name) {
   if (!t.has_value() || !t->defined()) return;
   TORCH_CHECK(t->numel() == c, "bnlab: ", name, " should contain ", c, " elements (one per channel), got ", t->numel());
   TORCH_CHECK(t->dim() <= 1, "bnlab: ", name, " should be a 1-D tensor of ", c, " elements, got shape ", t->sizes());
   // here, before a kernel writes anything: a refused call leaves the running statistics as they were
-  const auto dt = t->scalar_type();
-  TORCH_CHECK(dt == at::kDouble || dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-              "bnlab: ", name, " should be a float64, float32, float16 or bfloat16 tensor, got ", dt);
+  TORCH_CHECK(vec_dtype(t->scalar_type()), "bnlab: ", name, " should be a float64, float32, float16 or bfloat16 tensor, got ",
+              t->scalar_type());
 }
 
 bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
@@ -70,8 +74,7 @@ struct VecReader {
     // read as p[i·stride(0)]: a tensor of more dimensions would be read out of bounds
     TORCH_CHECK(t->dim() <= 1, "bnlab: expected a 1-D (C,) tensor, got shape ", t->sizes());
     dt = t->scalar_type();
-    TORCH_CHECK(dt == at::kDouble || dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-                "bnlab: expected a floating-point (C,) tensor, got ", dt);
+    TORCH_CHECK(vec_dtype(dt), "bnlab: expected a floating-point (C,) tensor, got ", dt);
     p = t->const_data_ptr();
     st = t->dim() ? t->stride(0) : 0;
   }
